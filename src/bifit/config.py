@@ -1,0 +1,167 @@
+"""Typed model configuration and the named presets.
+
+`bifit_r50` is the released configuration: the official README's flags
+(`--with_box_refine --binary --freeze_text_encoder --backbone resnet50`, masks on) with every
+other option at the official `opts.py` default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BifitConfig", "PRESETS", "get_preset", "preset_names"]
+
+_BACKBONE_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+}
+
+
+@dataclass(frozen=True)
+class BifitConfig:
+    """Every architectural choice of a BIFIT model.
+
+    The defaults are the released configuration (`bifit_r50`).
+    """
+
+    backbone: str = "resnet50"
+    text_encoder: str = "roberta-base"
+    freeze_text_encoder: bool = True
+    hidden_dim: int = 256
+    nheads: int = 8
+    num_feature_levels: int = 4
+    enc_layers: int = 4
+    dec_layers: int = 4
+    ifi_layers: int = 1
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 5
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    mask_dim: int = 256
+    controller_layers: int = 3
+    dynamic_mask_channels: int = 8
+    rel_coord: bool = True
+    num_classes: int = 1
+    aux_loss: bool = True
+    num_frames: int = 6
+    max_text_length: int = 77
+    fpn_norm_groups: int = 8
+    proj_norm_groups: int = 32
+    fpn_sr_ratios: tuple[int, ...] = field(default=(8, 4, 2, 1))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backbone not in _BACKBONE_CHANNELS:
+            problems.append(f"backbone must be one of {sorted(_BACKBONE_CHANNELS)}, got {self.backbone!r}")
+        if self.hidden_dim % self.nheads:
+            problems.append(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if self.hidden_dim % self.proj_norm_groups or self.hidden_dim % self.fpn_norm_groups:
+            problems.append("hidden_dim must be divisible by proj_norm_groups and fpn_norm_groups")
+        if self.num_feature_levels != 4:
+            problems.append("num_feature_levels must be 4 (three backbone stages and one extra level)")
+        if self.controller_layers < 2:
+            problems.append("controller_layers must be at least 2")
+        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "mask_dim", "num_classes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive")
+        if len(self.fpn_sr_ratios) != 4:
+            problems.append("fpn_sr_ratios needs one ratio per FPN level (4)")
+        if problems:
+            raise ValueError("invalid BifitConfig: " + "; ".join(problems))
+
+    @property
+    def backbone_channels(self) -> tuple[int, int, int, int]:
+        """Channels of the four backbone stages (strides 4, 8, 16, 32)."""
+        return _BACKBONE_CHANNELS[self.backbone]
+
+    @property
+    def dynamic_weight_nums(self) -> list[int]:
+        """Sizes of the dynamic mask head's conv weights, layer by layer."""
+        first_in = self.mask_dim + (2 if self.rel_coord else 0)
+        c = self.dynamic_mask_channels
+        return [first_in * c] + [c * c] * (self.controller_layers - 2) + [c]
+
+    @property
+    def dynamic_bias_nums(self) -> list[int]:
+        """Sizes of the dynamic mask head's conv biases, layer by layer."""
+        c = self.dynamic_mask_channels
+        return [c] * (self.controller_layers - 1) + [1]
+
+    @property
+    def num_dynamic_params(self) -> int:
+        return sum(self.dynamic_weight_nums) + sum(self.dynamic_bias_nums)
+
+    def replace(self, **changes: Any) -> "BifitConfig":
+        """A copy with some fields changed (unknown names raise `TypeError`)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["fpn_sr_ratios"] = list(self.fpn_sr_ratios)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BifitConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown BifitConfig fields: {', '.join(unknown)}")
+        data = dict(data)
+        if "fpn_sr_ratios" in data:
+            data["fpn_sr_ratios"] = tuple(data["fpn_sr_ratios"])
+        return cls(**data)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "BifitConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(data)
+
+
+PRESETS: dict[str, BifitConfig] = {
+    # The released configuration (Ref-YouTube-VOS and A2D-Sentences checkpoints).
+    "bifit_r50": BifitConfig(),
+    "bifit_r101": BifitConfig(backbone="resnet101"),
+    # Small enough to train on two CPU cores; used by tests, the synthetic benchmark and the demo.
+    "tiny": BifitConfig(
+        backbone="resnet18",
+        hidden_dim=64,
+        nheads=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=128,
+        num_queries=3,
+        mask_dim=32,
+        dropout=0.0,
+        num_frames=4,
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> BifitConfig:
+    """The named preset, optionally with some fields changed."""
+    try:
+        config = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}") from None
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,34 @@
+"""Deterministic, name-seeded weights for equivalence tests.
+
+Every floating-point tensor of a state dict is filled from a generator seeded by its key, so two
+implementations that agree on key names and shapes get identical weights without storing them.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+
+def seeded_tensor(name: str, shape: tuple[int, ...] | torch.Size, seed: int = 0) -> torch.Tensor:
+    """A float32 tensor for the parameter or buffer `name`, the same for the same (name, shape, seed)."""
+    shape = tuple(int(s) for s in shape)
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) ^ seed)
+    if name.endswith("running_var"):
+        return torch.rand(shape, generator=gen) + 0.5
+    if name.endswith("running_mean"):
+        return torch.randn(shape, generator=gen) * 0.1
+    if len(shape) >= 2:
+        fan_in = 1
+        for s in shape[1:]:
+            fan_in *= s
+        return torch.randn(shape, generator=gen) / fan_in**0.5
+    if name.endswith("weight"):
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    return 0.05 * torch.randn(shape, generator=gen)
+
+
+def seeded_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded float tensors for every key of `shapes` (key -> shape)."""
+    return {name: seeded_tensor(name, shape, seed) for name, shape in shapes.items()}
