@@ -1,0 +1,1 @@
+"""Model components: backbone, text encoder, deformable transformer, heads and the full model."""
