@@ -1,0 +1,239 @@
+"""Checkpoints: the official `.pth` files through one explicit key map, and our own format
+(safetensors weights + JSON config + the text encoder's tokenizer and config beside them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..config import BifitConfig, get_preset
+from .bifit import BifitModel
+from .text_encoder import TextEncoder
+
+__all__ = [
+    "CheckpointError",
+    "official_key_to_bifit",
+    "convert_official_state_dict",
+    "read_official_state_dict",
+    "load_official_checkpoint",
+    "save_pretrained",
+    "load_pretrained",
+    "load_model",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TEXT_ENCODER_DIR = "text_encoder"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+# Ordered (pattern, replacement) rules from official names to ours; the first match wins.
+_FFN_LAYERS = r"transformer\.(?:encoder\.layers|decoder\.decoder_layers|decoder\.query_encoder_layers)\.\d+\."
+_KEY_RULES: list[tuple[str, str]] = [
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^text_encoder\.", "text_encoder.model."),
+    (r"^text_fusion_module\.", "bvli.text_from_vision."),
+    (r"^fusion_module\.", "bvli.vision_from_text."),
+    (r"^poolout_module\.", "bvli.sentence_pool."),
+    (rf"^({_FFN_LAYERS})(linear[12]\.)", r"\1ffn.\2"),
+    (r"^transformer\.decoder\.decoder_layers\.", "transformer.decoder.layers."),
+    (r"^transformer\.decoder\.query_encoder_layers\.", "transformer.decoder.ifi_layers."),
+    (r"^pixel_decoder\.adapter_(\d)\.weight$", r"pixel_decoder.lateral_convs.{\1-1}.conv.weight"),
+    (r"^pixel_decoder\.adapter_(\d)\.norm\.", r"pixel_decoder.lateral_convs.{\1-1}.norm."),
+    (r"^pixel_decoder\.layer_(\d)\.weight$", r"pixel_decoder.output_convs.{\1-1}.conv.weight"),
+    (r"^pixel_decoder\.layer_(\d)\.norm\.", r"pixel_decoder.output_convs.{\1-1}.norm."),
+    (r"^pixel_decoder\.cross_attn_(\d)\.(linear[12]\.)", r"pixel_decoder.blocks.{\1-1}.ffn.\2"),
+    (r"^pixel_decoder\.cross_attn_(\d)\.", r"pixel_decoder.blocks.{\1-1}."),
+]
+# Official keys that carry no information of their own.
+_SHARED_BOX_HEAD = re.compile(r"^transformer\.decoder\.bbox_embed\.")
+_TEXT_BUFFERS = re.compile(r"^text_encoder\.embeddings\.(position_ids|token_type_ids)$")
+
+
+def official_key_to_bifit(key: str) -> str:
+    """Our parameter name for an official state-dict key (unchanged where the names agree)."""
+    for pattern, replacement in _KEY_RULES:
+        match = re.match(pattern, key)
+        if match:
+            new = match.expand(replacement) + key[match.end():]
+            # Official FPN stages count from 1, our lists from 0.
+            return re.sub(r"\{(\d+)-1\}", lambda m: str(int(m.group(1)) - 1), new)
+    return key
+
+
+def convert_official_state_dict(state_dict: dict[str, torch.Tensor], model: BifitModel) -> dict[str, torch.Tensor]:
+    """Map an official state dict onto `model`'s names, strictly.
+
+    Every official key must be used, every model key filled and every shape equal; otherwise one
+    `CheckpointError` lists what is missing, unexpected or mis-shaped.
+    """
+    expected = model.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            unexpected.append(f"{key} (not a tensor)")
+            continue
+        if _SHARED_BOX_HEAD.match(key):
+            twin = key.replace("transformer.decoder.", "", 1)
+            if twin in state_dict and not torch.equal(state_dict[twin], value):
+                mismatched.append(f"{key} differs from {twin} (they are one shared module in BIFIT)")
+            elif twin not in state_dict:
+                unexpected.append(key)
+            continue
+        new_key = official_key_to_bifit(key)
+        if new_key not in expected:
+            if _TEXT_BUFFERS.match(key):
+                continue  # Older transformers versions saved these index buffers; they hold no weights.
+            unexpected.append(key)
+            continue
+        if tuple(value.shape) != tuple(expected[new_key].shape):
+            mismatched.append(f"{key}: checkpoint {list(value.shape)} vs model {list(expected[new_key].shape)}")
+            continue
+        converted[new_key] = value
+    missing = [k for k in expected if k not in converted]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{title}: {shown}")
+        raise CheckpointError("the checkpoint does not fit the BIFIT model — " + "; ".join(parts))
+    return converted
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official BIFIT `.pth` (`{"model": state_dict, ...}`), read without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # weights_only refuses pickled code with an UnpicklingError
+        raise CheckpointError(f"{path} holds objects other than tensors and cannot be loaded safely: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not data:
+        raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry)")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def _config_for_official(state_dict: dict[str, torch.Tensor], text_encoder: str) -> BifitConfig:
+    backbone = "resnet101" if "backbone.0.body.layer3.22.conv1.weight" in state_dict else "resnet50"
+    return get_preset("bifit_r50").replace(backbone=backbone, text_encoder=str(text_encoder))
+
+
+def load_official_checkpoint(
+    path: str | Path,
+    text_encoder: str | Path = "roberta-base",
+    device: str | torch.device = "cpu",
+) -> BifitModel:
+    """An official BIFIT checkpoint as a `BifitModel` in eval mode.
+
+    Args:
+        path: the official `.pth` file.
+        text_encoder: Hugging Face id or local directory of the text encoder (its tokenizer and
+            config; the weights come from the checkpoint).
+        device: where to put the model.
+    """
+    state_dict = read_official_state_dict(path)
+    config = _config_for_official(state_dict, str(text_encoder))
+    model = BifitModel(config, TextEncoder.from_config(text_encoder))
+    model.load_state_dict(convert_official_state_dict(state_dict, model))
+    return model.to(device).eval()
+
+
+def save_pretrained(model: BifitModel, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write `model` as `directory/{config.json, model.safetensors, text_encoder/}`, atomically.
+
+    The directory is assembled beside the target and renamed into place, so an interrupted save never
+    leaves a half-written checkpoint; an existing directory is replaced only with `overwrite=True`.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps({"bifit_format": FORMAT_VERSION, "model": model.config.to_dict()}, indent=2, sort_keys=True) + "\n"
+        )
+        text_dir = tmp / TEXT_ENCODER_DIR
+        model.text_encoder.tokenizer.save_pretrained(text_dir)
+        model.text_encoder.model.config.save_pretrained(text_dir)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> BifitModel:
+    """A model saved by `save_pretrained`, in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not config_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{directory} is not a bifit checkpoint directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        meta = json.loads(config_path.read_text())
+        config = BifitConfig.from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} is not a valid bifit config: {exc}") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    model = BifitModel(config, TextEncoder.from_config(directory / TEXT_ENCODER_DIR))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{weights_path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"mis-shaped {sorted(mismatched)[:5]}"
+        )
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def load_model(
+    checkpoint: str | Path,
+    text_encoder: str | Path = "roberta-base",
+    device: str | torch.device = "cpu",
+) -> BifitModel:
+    """Load either our checkpoint directory or an official `.pth` file."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return load_pretrained(path, device)
+    return load_official_checkpoint(path, text_encoder, device)

@@ -1,0 +1,147 @@
+"""Cross-modal FPN: fuses encoder memory (8x-32x) and backbone layer1 (4x) with the words, top-down,
+into stride-4 mask features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transformer import FeedForward
+
+__all__ = ["CrossModalFPN", "CrossModalBlock", "ConvNorm"]
+
+
+class ConvNorm(nn.Module):
+    """Conv (no bias) -> GroupNorm, optionally ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, groups: int, relu: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.GroupNorm(groups, out_ch)
+        self.relu = relu
+        # Caffe2 "xavier fill" as the official code: uniform with gain 1 over fan-in.
+        nn.init.kaiming_uniform_(self.conv.weight, a=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return F.relu(x) if self.relu else x
+
+
+class CrossModalBlock(nn.Module):
+    """Self-attention over the clip's tokens with spatial reduction, cross-attention to the words, FFN
+    (post-norm; official `VisionLanguageBlock`)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, sr_ratio: int) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.sr_ratio = sr_ratio
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_mask: torch.Tensor,
+        x_pos: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        word_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            x, x_pos: [B, T, C, h, w] visual features and their position encoding; x_mask: [B, T, h, w].
+            words, word_pos: [L, B, C]; word_mask: [B, L].
+        Returns:
+            [B, T, C, h, w].
+        """
+        b, t, c, h, w = x.shape
+        qk, v, mask = x + x_pos, x, x_mask
+        if self.sr_ratio > 1:
+            size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
+            qk = F.interpolate(qk.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
+            v = F.interpolate(v.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
+            mask = F.interpolate(mask.flatten(0, 1)[None].float(), size=size, mode="nearest")[0].bool()
+            mask = mask.unflatten(0, (b, t))
+        sh, sw = qk.shape[-2:]
+        qk_seq = qk.permute(1, 3, 4, 0, 2).reshape(t * sh * sw, b, c)
+        v_seq = v.permute(1, 3, 4, 0, 2).reshape(t * sh * sw, b, c)
+        attended = self.self_attn(qk_seq, qk_seq, v_seq, key_padding_mask=mask.reshape(b, -1), need_weights=False)[0]
+        attended = attended.reshape(t, sh, sw, b, c).permute(3, 0, 4, 1, 2)
+        if self.sr_ratio > 1:
+            attended = F.interpolate(attended.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+            attended = attended.unflatten(0, (b, t))
+
+        seq = lambda z: z.permute(1, 3, 4, 0, 2).reshape(t * h * w, b, c)  # noqa: E731
+        tgt = self.norm1(seq(x) + self.dropout1(seq(attended)))
+        cross = self.multihead_attn(
+            tgt + seq(x_pos), words + word_pos, words, key_padding_mask=word_mask, need_weights=False
+        )[0]
+        tgt = self.norm2(tgt + self.dropout2(cross))
+        tgt = self.ffn(tgt, self.norm3)
+        return tgt.reshape(t, h, w, b, c).permute(3, 0, 4, 1, 2)
+
+
+class CrossModalFPN(nn.Module):
+    """Levels are indexed from fine to coarse: 0 = stride 4 (backbone layer1), 1..3 = strides 8..32
+    (encoder memory)."""
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        conv_dim: int,
+        mask_dim: int,
+        dim_feedforward: int,
+        nhead: int,
+        dropout: float,
+        sr_ratios: tuple[int, ...],
+        norm_groups: int,
+    ) -> None:
+        super().__init__()
+        self.lateral_convs = nn.ModuleList(ConvNorm(c, conv_dim, 1, norm_groups, relu=False) for c in in_channels)
+        self.output_convs = nn.ModuleList(
+            ConvNorm(conv_dim, conv_dim, 3, norm_groups, relu=True) for _ in in_channels
+        )
+        self.blocks = nn.ModuleList(
+            CrossModalBlock(conv_dim, nhead, dim_feedforward, dropout, sr) for sr in sr_ratios
+        )
+        for block in self.blocks:
+            for p in block.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
+        nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+        nn.init.zeros_(self.mask_features.bias)
+
+    def forward(
+        self,
+        features: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        pos: list[torch.Tensor],
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        word_pos: torch.Tensor,
+        num_frames: int,
+    ) -> torch.Tensor:
+        """
+        Args:
+            features: [layer1 [B*T, C1, H/4, W/4], memory at 8x, 16x, 32x [B*T, C, h, w]].
+            masks, pos: the matching padding masks [B*T, h, w] and position encodings [B*T, C, h, w].
+            words, word_pos: [L, B, C] (the resized words, not the BVLI-fused ones); word_mask: [B, L].
+        Returns:
+            mask features [B*T, mask_dim, H/4, W/4].
+        """
+        y = None
+        for lvl in reversed(range(len(features))):
+            unflat = lambda z: z.unflatten(0, (-1, num_frames))  # noqa: E731
+            x = unflat(self.lateral_convs[lvl](features[lvl]))
+            x = self.blocks[lvl](x, unflat(masks[lvl]), unflat(pos[lvl]), words, word_mask, word_pos).flatten(0, 1)
+            if y is not None:
+                x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
+            y = self.output_convs[lvl](x)
+        return self.mask_features(y)

@@ -1,0 +1,128 @@
+"""Text encoder: a Hugging Face tokenizer and model, plus the resizer to the transformer width."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError"]
+
+
+class ExpressionError(ValueError):
+    """A referring expression the text encoder cannot take (empty, not a string, too long)."""
+
+
+class FeatureResizer(nn.Module):
+    """Linear -> LayerNorm (eps 1e-12, as the official code) -> dropout."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.layer_norm = nn.LayerNorm(out_features, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.layer_norm(self.fc(x)))
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot load the tokenizer of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in the "
+            "local cache or a local directory holding the tokenizer files."
+        ) from None
+
+
+def _load_config(source: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot load the configuration of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in "
+            "the local cache or a local directory holding config.json."
+        ) from None
+
+
+class TextEncoder(nn.Module):
+    """Tokenizes captions and encodes them with a Hugging Face encoder (RoBERTa, BERT, MiniLM, ...).
+
+    Build it with `from_pretrained` (weights from the hub cache or a local directory) or with
+    `from_config` (architecture only; weights come later from a BIFIT checkpoint).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, source: str) -> None:  # noqa: ANN001
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path) -> "TextEncoder":
+        from transformers import AutoModel
+
+        source = str(source)
+        tokenizer = _load_tokenizer(source)
+        try:
+            model = AutoModel.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load the weights of text encoder {source!r}: {exc}") from None
+        return cls(model, tokenizer, source)
+
+    @classmethod
+    def from_config(cls, source: str | Path) -> "TextEncoder":
+        from transformers import AutoModel
+
+        source = str(source)
+        tokenizer = _load_tokenizer(source)
+        model = AutoModel.from_config(_load_config(source))
+        return cls(model, tokenizer, source)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        """Longest token sequence the encoder accepts (special tokens included)."""
+        config = self.model.config
+        limit = int(getattr(config, "max_position_embeddings", 512))
+        # RoBERTa reserves the first positions for the padding index.
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            limit -= int(config.pad_token_id) + 1
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
+            limit = tokenizer_limit
+        return limit
+
+    def tokenize(self, captions: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask [B, L], padded to the longest caption."""
+        if not isinstance(captions, (list, tuple)) or not captions:
+            raise ExpressionError("captions must be a non-empty list of strings")
+        for i, caption in enumerate(captions):
+            if not isinstance(caption, str):
+                raise ExpressionError(f"caption {i} is a {type(caption).__name__}, expected a string")
+            if not caption.strip():
+                raise ExpressionError(f"caption {i} is empty")
+        tokens = self.tokenizer(list(captions), padding="longest", return_tensors="pt")
+        length = tokens["input_ids"].shape[1]
+        if length > self.max_length:
+            lengths = tokens["attention_mask"].sum(1).tolist()
+            worst = max(range(len(lengths)), key=lengths.__getitem__)
+            raise ExpressionError(
+                f"caption {worst} is {lengths[worst]} tokens long; the text encoder accepts at most {self.max_length}"
+            )
+        return {k: v.to(device) for k, v in tokens.items()}
+
+    def forward(self, captions: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns word features [B, L, hidden_size] and the padding mask [B, L] (True on padding)."""
+        tokens = self.tokenize(captions, device)
+        out = self.model(**tokens)
+        return out.last_hidden_state, tokens["attention_mask"].ne(1)

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny text encoders built offline, so no test touches the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CORPUS = [
+    "the man in the red shirt riding a bike",
+    "a dog running on the grass to the left",
+    "the small red circle moving left",
+    "the big blue square at the top",
+    "a green triangle moving right at the bottom",
+    "the yellow star in the middle of the frame",
+    "a woman holding an umbrella walking right",
+    "the car parked on the right side of the road",
+]
+
+
+def build_tiny_text_encoder(directory: Path, kind: str = "bert") -> Path:
+    """Write a tiny randomly initialised encoder + tokenizer trained on CORPUS into `directory`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if kind == "bert":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok.train_from_iterator(CORPUS * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+            mask_token="[MASK]", model_max_length=32,
+        )
+        config = BertConfig(
+            vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32, pad_token_id=tok.token_to_id("[PAD]"),
+        )
+        model = BertModel(config)
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok.train_from_iterator(
+            CORPUS * 4,
+            trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        )
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+            cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+        )
+        config = RobertaConfig(
+            vocab_size=tok.get_vocab_size(), hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=40, pad_token_id=1,
+        )
+        model = RobertaModel(config)
+    fast.save_pretrained(directory)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny_roberta"), "roberta")

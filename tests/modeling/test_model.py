@@ -1,0 +1,151 @@
+"""The BIFIT model on the tiny preset: contract, batching, the efficient mask head, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bifit
+from bifit.modeling.bifit import batch_videos
+from bifit.modeling.mask_head import dynamic_mask_logits
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bert):
+    torch.manual_seed(0)
+    return bifit.build_model("tiny", text_encoder=str(tiny_bert)).eval()
+
+
+def _no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def test_eval_outputs_have_the_documented_shapes(model):
+    videos = torch.randn(2, 3, 3, 64, 96)
+    with torch.no_grad():
+        out = model(videos, ["the red circle", "a dog"])
+    q = model.config.num_queries
+    assert set(out) == {"pred_logits", "pred_boxes", "pred_masks"}
+    assert out["pred_logits"].shape == (2, 3, q, 1)
+    assert out["pred_boxes"].shape == (2, 3, q, 4)
+    assert out["pred_masks"].shape == (2, 3, q, 16, 24)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+
+
+def test_list_of_videos_of_different_sizes_is_padded_to_a_common_canvas(model):
+    videos = [torch.randn(2, 3, 64, 96), torch.randn(2, 3, 80, 64)]
+    with torch.no_grad():
+        out = model(videos, ["the red circle", "a dog"])
+    assert out["pred_masks"].shape[-2:] == (20, 24)
+    frames, mask, sizes = batch_videos(videos)
+    assert frames.shape == (2, 2, 3, 80, 96)
+    assert sizes.tolist() == [[64, 96], [80, 64]]
+    assert mask[0, :, 64:].all() and not mask[0, :, :64, :96].any()
+    assert mask[1, :, :, 64:].all() and not mask[1, :, :80, :64].any()
+    assert torch.equal(frames[1, :, :, :80, :64], videos[1])
+
+
+def test_batching_does_not_change_each_videos_result(model):
+    torch.manual_seed(1)
+    videos = torch.randn(2, 2, 3, 64, 64)
+    captions = ["the small red circle moving left", "a dog"]
+    with torch.no_grad():
+        both = model(videos, captions)
+        for i in range(2):
+            single = model(videos[i : i + 1], captions[i : i + 1])
+            for key in both:
+                torch.testing.assert_close(both[key][i], single[key][0], atol=2e-5, rtol=1e-4)
+
+
+def test_training_mode_returns_aux_outputs_and_eval_masks_equal_the_last_layer(model):
+    model_copy = bifit.build_model("tiny", text_encoder=model.text_encoder.source)
+    model_copy.load_state_dict(model.state_dict())
+    _no_dropout(model_copy)
+    videos = torch.randn(1, 2, 3, 64, 64)
+    model_copy.train()
+    train_out = model_copy(videos, ["the red circle"])
+    assert len(train_out["aux_outputs"]) == model_copy.config.dec_layers - 1
+    for aux in train_out["aux_outputs"]:
+        assert aux["pred_masks"].shape == train_out["pred_masks"].shape
+    model_copy.eval()
+    with torch.no_grad():
+        eval_out = model_copy(videos, ["the red circle"])
+    for key in eval_out:
+        torch.testing.assert_close(eval_out[key], train_out[key].detach(), atol=1e-5, rtol=1e-5)
+    loss = train_out["pred_masks"].sum() + sum(a["pred_masks"].sum() for a in train_out["aux_outputs"])
+    loss.backward()
+    grads = [p.grad for n, p in model_copy.named_parameters() if n.startswith("controller") and p.requires_grad]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def _grouped_conv_reference(mask_features, params, refs, sizes, cfg):
+    """The official formulation: per-query copies of the features + a grouped 1x1 conv."""
+    b, t, c, h, w = mask_features.shape
+    q = params.shape[2]
+    ys, xs = torch.meshgrid(torch.arange(h) * 4.0 + 2, torch.arange(w) * 4.0 + 2, indexing="ij")
+    scale = torch.stack([sizes[:, 1], sizes[:, 0]], -1).float()[:, None, None]
+    ref = refs * scale
+    rel = torch.stack([ref[..., 0, None, None] - xs, ref[..., 1, None, None] - ys], 3)  # [b,t,q,2,h,w]
+    feats = torch.cat([mask_features[:, :, None].expand(b, t, q, c, h, w), rel], 3).reshape(1, -1, h, w)
+    flat = params.reshape(b * t * q, -1)
+    n = flat.shape[0]
+    chunks = torch.split(flat, cfg.dynamic_weight_nums + cfg.dynamic_bias_nums, 1)
+    layers = len(cfg.dynamic_weight_nums)
+    x = feats
+    for i in range(layers):
+        out_c = cfg.dynamic_mask_channels if i < layers - 1 else 1
+        x = F.conv2d(x, chunks[i].reshape(n * out_c, -1, 1, 1), chunks[layers + i].reshape(-1), groups=n)
+        if i < layers - 1:
+            x = F.relu(x)
+    return x.reshape(b, t, q, h, w)
+
+
+def test_dynamic_mask_head_equals_the_grouped_convolution_over_copied_features():
+    cfg = bifit.get_preset("bifit_r50")
+    torch.manual_seed(0)
+    b, t, q, h, w = 2, 3, 5, 6, 7
+    feats = torch.randn(b, t, cfg.mask_dim, h, w)
+    params = torch.randn(b, t, q, cfg.num_dynamic_params) * 0.1
+    refs = torch.rand(b, t, q, 2)
+    sizes = torch.tensor([[24, 28], [20, 25]])
+    ours = dynamic_mask_logits(
+        feats, params, refs, sizes, cfg.dynamic_weight_nums, cfg.dynamic_bias_nums, cfg.dynamic_mask_channels
+    )
+    ref = _grouped_conv_reference(feats, params, refs, sizes, cfg)
+    assert cfg.num_dynamic_params == 2153
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "videos, captions, message",
+    [
+        (torch.randn(1, 2, 3, 32, 32), ["a", "b"], "captions"),
+        (torch.randn(2, 3, 32, 32), ["a"], r"\[B, T, 3, H, W\]"),
+        ([torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32)], ["a", "b"], "same number of frames"),
+        (torch.randn(1, 2, 3, 32, 32), ["   "], "empty"),
+        (torch.randn(1, 2, 3, 32, 32), "a dog", "list of strings"),
+        (torch.randn(1, 2, 3, 32, 32).to(torch.uint8), ["a dog"], "float"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(model, videos, captions, message):
+    with pytest.raises(ValueError, match=message):
+        model(videos, captions)
+
+
+def test_over_long_expression_is_refused_with_its_length(model):
+    with pytest.raises(bifit.ExpressionError, match="tokens long"):
+        model(torch.randn(1, 1, 3, 32, 32), ["the red circle " * 40])
+
+
+def test_a2d_valid_indices_keep_one_frame_per_video(model):
+    videos = torch.randn(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        out = model(videos, ["a", "b"], valid_indices=[2, 0])
+        single = model(videos[:1, 2:3], ["a"])
+    assert out["pred_masks"].shape[1] == 1
+    torch.testing.assert_close(out["pred_masks"][0], single["pred_masks"][0], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="valid_indices"):
+        model(videos, ["a", "b"], valid_indices=[3, 0])
