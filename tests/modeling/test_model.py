@@ -21,6 +21,8 @@ def _no_dropout(model):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        if isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
 
 
 def test_eval_outputs_have_the_documented_shapes(model):

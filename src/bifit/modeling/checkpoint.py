@@ -38,23 +38,27 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-# Ordered (pattern, replacement) rules from official names to ours; the first match wins.
-_FFN_LAYERS = r"transformer\.(?:encoder\.layers|decoder\.decoder_layers|decoder\.query_encoder_layers)\.\d+\."
+# (pattern, replacement) rules from official names to ours, applied in order, each to the result of
+# the previous ones. Official FPN stages count from 1, our lists from 0 ("{N-1}").
 _KEY_RULES: list[tuple[str, str]] = [
     (r"^backbone\.0\.body\.", "backbone.body."),
     (r"^text_encoder\.", "text_encoder.model."),
     (r"^text_fusion_module\.", "bvli.text_from_vision."),
     (r"^fusion_module\.", "bvli.vision_from_text."),
     (r"^poolout_module\.", "bvli.sentence_pool."),
-    (rf"^({_FFN_LAYERS})(linear[12]\.)", r"\1ffn.\2"),
     (r"^transformer\.decoder\.decoder_layers\.", "transformer.decoder.layers."),
     (r"^transformer\.decoder\.query_encoder_layers\.", "transformer.decoder.ifi_layers."),
     (r"^pixel_decoder\.adapter_(\d)\.weight$", r"pixel_decoder.lateral_convs.{\1-1}.conv.weight"),
     (r"^pixel_decoder\.adapter_(\d)\.norm\.", r"pixel_decoder.lateral_convs.{\1-1}.norm."),
     (r"^pixel_decoder\.layer_(\d)\.weight$", r"pixel_decoder.output_convs.{\1-1}.conv.weight"),
     (r"^pixel_decoder\.layer_(\d)\.norm\.", r"pixel_decoder.output_convs.{\1-1}.norm."),
-    (r"^pixel_decoder\.cross_attn_(\d)\.(linear[12]\.)", r"pixel_decoder.blocks.{\1-1}.ffn.\2"),
     (r"^pixel_decoder\.cross_attn_(\d)\.", r"pixel_decoder.blocks.{\1-1}."),
+    # Our transformer layers keep their FFN in a submodule.
+    (
+        r"^(transformer\.(?:encoder\.layers|decoder\.layers|decoder\.ifi_layers)\.\d+\.|pixel_decoder\.blocks\.\d+\.)"
+        r"(linear[12]\.)",
+        r"\1ffn.\2",
+    ),
 ]
 # Official keys that carry no information of their own.
 _SHARED_BOX_HEAD = re.compile(r"^transformer\.decoder\.bbox_embed\.")
@@ -64,11 +68,8 @@ _TEXT_BUFFERS = re.compile(r"^text_encoder\.embeddings\.(position_ids|token_type
 def official_key_to_bifit(key: str) -> str:
     """Our parameter name for an official state-dict key (unchanged where the names agree)."""
     for pattern, replacement in _KEY_RULES:
-        match = re.match(pattern, key)
-        if match:
-            new = match.expand(replacement) + key[match.end():]
-            # Official FPN stages count from 1, our lists from 0.
-            return re.sub(r"\{(\d+)-1\}", lambda m: str(int(m.group(1)) - 1), new)
+        key = re.sub(pattern, replacement, key, count=1)
+        key = re.sub(r"\{(\d+)-1\}", lambda m: str(int(m.group(1)) - 1), key)
     return key
 
 
@@ -126,8 +127,8 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} holds objects other than tensors and cannot be loaded safely: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
-    if not isinstance(data, dict) or not data:
-        raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry)")
+    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry of tensors)")
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
