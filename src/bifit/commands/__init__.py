@@ -1,0 +1,1 @@
+"""Subcommands of the `bifit` command, one module each (see `bifit.cli`)."""
