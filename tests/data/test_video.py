@@ -1,0 +1,134 @@
+"""Tests of video/frame reading and the decoded-frame cache (bifit.data.video)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from bifit.data.video import VideoFrameCache, read_frame_folder, read_frames, read_image, read_video_file
+
+COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> Path:
+    """Encode uint8 [T, H, W, 3] frames with PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.options = {"qscale": "1"} if codec == "mpeg4" else {}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def solid_frames(colors=COLORS, height: int = 32, width: int = 48) -> np.ndarray:
+    return np.stack([np.full((height, width, 3), c, dtype=np.uint8) for c in colors])
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mov"])
+def test_read_video_file_decodes_every_frame(tmp_path, suffix):
+    path = write_video(tmp_path / f"clip{suffix}", solid_frames())
+    video = read_video_file(path)
+    assert video.frames.shape == (4, 32, 48, 3) and video.frames.dtype == np.uint8
+    assert video.fps == pytest.approx(10.0)
+    assert video.names == ["00000", "00001", "00002", "00003"]
+    means = video.frames.reshape(4, -1, 3).mean(1)
+    assert np.abs(means - np.array(COLORS)).max() < 8  # lossy codec, colours preserved
+    assert len(video) == 4
+
+
+def test_read_frames_dispatches_on_input_kind(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, c in enumerate(COLORS[:3]):
+        Image.new("RGB", (20, 10), c).save(folder / f"{i:05d}.png")
+    (folder / "notes.txt").write_text("ignored")
+    video = read_frames(folder)
+    assert video.frames.shape == (3, 10, 20, 3) and video.fps is None
+    assert video.names == ["00000", "00001", "00002"]
+    assert tuple(video.frames[1, 0, 0]) == COLORS[1]
+    single = read_frames(folder / "00002.png")
+    assert single.frames.shape == (1, 10, 20, 3) and single.names == ["00002"]
+    assert read_frames(write_video(tmp_path / "v.mp4", solid_frames())).frames.shape[0] == 4
+
+
+def test_clear_errors_for_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_frames(tmp_path / "missing.mp4")
+    with pytest.raises(FileNotFoundError):
+        read_video_file(tmp_path / "missing.mp4")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"this is not a video" * 50)
+    with pytest.raises(ValueError, match="corrupt.mp4"):
+        read_video_file(corrupt)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        read_frame_folder(empty)
+    (tmp_path / "doc.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported input"):
+        read_frames(tmp_path / "doc.txt")
+    bad_image = tmp_path / "bad.png"
+    bad_image.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        read_image(bad_image)
+
+
+def test_zero_frame_video_is_rejected(tmp_path):
+    path = tmp_path / "zero.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        container.start_encoding()
+    with pytest.raises(ValueError, match="contains no frames"):
+        read_video_file(path)
+
+
+def test_mixed_frame_sizes_are_rejected(tmp_path):
+    Image.new("RGB", (20, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (10, 10)).save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match="different sizes"):
+        read_frame_folder(tmp_path)
+
+
+def test_cache_memory_lru_and_disk_reuse(tmp_path):
+    calls: list[Path] = []
+
+    def decode(path: Path) -> np.ndarray:
+        calls.append(path)
+        return solid_frames()
+
+    cache = VideoFrameCache(cache_dir=None, max_videos_in_memory=1, decode=decode)
+    cache.get("a", tmp_path / "a.mp4")
+    cache.get("a", tmp_path / "a.mp4")
+    assert len(calls) == 1
+    cache.get("b", tmp_path / "b.mp4")
+    cache.get("a", tmp_path / "a.mp4")  # evicted by b
+    assert len(calls) == 3
+
+    calls.clear()
+    disk = VideoFrameCache(cache_dir=tmp_path / "cache", max_videos_in_memory=0, decode=decode)
+    first = disk.get("a", tmp_path / "a.mp4")
+    assert (tmp_path / "cache" / "a.npy").is_file()
+    second = VideoFrameCache(cache_dir=tmp_path / "cache", max_videos_in_memory=0, decode=decode).get("a", "unused")
+    assert len(calls) == 1
+    assert np.array_equal(first, second) and second.dtype == np.uint8
+    assert not list((tmp_path / "cache").glob(".*"))  # no temp files left behind
+    with pytest.raises(ValueError):
+        VideoFrameCache(max_videos_in_memory=-1)
+
+
+def test_cache_decodes_real_video_losslessly(tmp_path):
+    path = write_video(tmp_path / "v.mp4", solid_frames())
+    cached = VideoFrameCache(cache_dir=tmp_path / "cache").get("v", path)
+    assert np.array_equal(np.asarray(cached), read_video_file(path).frames)
