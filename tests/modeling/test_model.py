@@ -151,3 +151,17 @@ def test_a2d_valid_indices_keep_one_frame_per_video(model):
     torch.testing.assert_close(out["pred_masks"][0], single["pred_masks"][0], atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="valid_indices"):
         model(videos, ["a", "b"], valid_indices=[3, 0])
+
+
+def test_chunked_inference_ffn_equals_the_whole_ffn():
+    from bifit.modeling.transformer import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 64, dropout=0.0)
+    norm = torch.nn.LayerNorm(16)
+    x = torch.randn(50, 3, 16)
+    whole = ffn(x, norm)
+    ffn.inference_chunk_rows = 7
+    with torch.no_grad():
+        chunked = ffn(x, norm)
+    torch.testing.assert_close(chunked, whole.detach(), atol=1e-6, rtol=1e-6)
