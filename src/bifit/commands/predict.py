@@ -1,0 +1,246 @@
+"""`bifit predict ytvos|davis|a2d|jhmdb`: the official inference protocols of the four benchmarks.
+
+Every subcommand can run as one process or under ``torchrun --nproc_per_node N`` (one process per
+GPU): rank r predicts items r, r + N, ... into the shared output folder; rank 0 waits for the others,
+then builds the submission zip / merges the predictions and runs the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..modeling.bifit import BifitModel
+
+
+def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
+    parser.add_argument("--data-root", type=Path, required=True, help=data_help)
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True,
+        help="official .pth checkpoint or a bifit checkpoint directory (bifit convert / save_pretrained)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="output folder (created; shared by all ranks)")
+    parser.add_argument(
+        "--text-encoder", default="roberta-base",
+        help="tokenizer/config of the text encoder for an official .pth (Hugging Face id or local dir; "
+        "default roberta-base); a bifit directory carries its own",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    parser.add_argument(
+        "--short-side", type=int, default=360, help="shorter side of the model input in pixels (official: 360)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict a benchmark with its official inference protocol (sharded over torchrun ranks)",
+        description="Predict Ref-YouTube-VOS, Ref-DAVIS17, A2D-Sentences or JHMDB-Sentences exactly as the "
+        "official inference does, write the official output layout, and evaluate where ground truth exists. "
+        "Run under `torchrun --nproc_per_node N` to use N GPUs.",
+    )
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    ytvos = sub.add_parser(
+        "ytvos", help="Ref-YouTube-VOS: PNGs + submission.zip (valid) or local J&F (heldout)",
+        description="valid: <output>/valid/<video>/<exp_id>/<frame>.png and <output>/submission.zip "
+        "(Annotations/...) for the competition server. heldout: predict the held-out training videos "
+        "(sorted ids, every --heldout-every-th from the first) into <output>/heldout/ and evaluate J&F "
+        "against the training annotations.",
+    )
+    _common(ytvos, "Ref-YouTube-VOS root (meta_expressions/, train/, valid/)")
+    ytvos.add_argument("--split", choices=["valid", "heldout"], default="valid", help="what to predict (default valid)")
+    ytvos.add_argument(
+        "--heldout-every", type=int, default=20, help="held-out split: one training video in this many (default 20)"
+    )
+    ytvos.add_argument(
+        "--clip-length", type=int, default=None,
+        help="cut videos into clips of this many frames, the query chosen per clip (default: whole video, official)",
+    )
+    ytvos.add_argument(
+        "--expressions-per-pass", type=int, default=4,
+        help="expressions decoded at once on one backbone pass (memory/speed trade-off; default 4)",
+    )
+    ytvos.set_defaults(func=run_ytvos)
+
+    davis = sub.add_parser(
+        "davis", help="Ref-DAVIS17: per-annotator palette PNGs, then J&F of each and their mean",
+        description="Writes <output>/valid/anno_{0,1,2,3}/<video>/<frame>.png, evaluates each with the "
+        "DAVIS-2017 unsupervised protocol and reports their mean (the published Ref-DAVIS17 number).",
+    )
+    _common(davis, "prepared Ref-DAVIS17 root (output of `bifit data prepare davis`)")
+    davis.add_argument(
+        "--davis-root", type=Path, default=None,
+        help="original DAVIS-2017 folder for the ground truth (default: <data-root>/DAVIS)",
+    )
+    davis.add_argument("--clip-length", type=int, default=24, help="frames per clip (official: 24)")
+    davis.add_argument("--expressions-per-pass", type=int, default=4, help="expressions decoded at once (default 4)")
+    davis.set_defaults(func=run_davis)
+
+    for name, title in (("a2d", "A2D-Sentences (test split)"), ("jhmdb", "JHMDB-Sentences")):
+        p = sub.add_parser(
+            name, help=f"{title}: all-query COCO predictions and the official metrics",
+            description=f"Predicts every {title} sample on a clip centred on its annotated frame, writes "
+            "<output>/predictions.json (COCO results, all queries) and <output>/metrics.json.",
+        )
+        _common(p, f"{title} root")
+        p.add_argument("--num-frames", type=int, default=6, help="clip length around the annotated frame (official: 6)")
+        p.add_argument("--max-size", type=int, default=640, help="cap on the longer input side (official: 640)")
+        p.add_argument(
+            "--batch-size", type=int, default=1,
+            help="clips per forward pass; clips of a batch are zero-padded to a common size (default 1)",
+        )
+        p.add_argument("--workers", type=int, default=2, help="data loading worker processes (default 2)")
+        p.set_defaults(func=run_a2d)
+
+
+def _load(args: argparse.Namespace) -> BifitModel:
+    """The checkpoint's model in eval mode on the chosen device (imports kept lazy for `bifit --help`)."""
+    from ..inference.benchmarks import resolve_device
+    from ..modeling.checkpoint import load_model
+
+    if not args.checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if args.short_side < 1:
+        raise ValueError(f"--short-side must be >= 1, got {args.short_side}")
+    return load_model(args.checkpoint, text_encoder=args.text_encoder, device=resolve_device(args.device)).eval()
+
+
+def _check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
+def run_ytvos(args: argparse.Namespace) -> int:
+    from ..data.ytvos import ytvos_heldout_videos, ytvos_valid_videos
+    from ..inference.benchmarks import distributed_shard
+    from ..inference.ytvos_predict import (
+        evaluate_ytvos_results,
+        format_ytvos_results,
+        predict_ytvos,
+        write_submission_zip,
+        write_ytvos_results,
+    )
+
+    _check_positive(args.clip_length, "--clip-length")
+    _check_positive(args.expressions_per_pass, "--expressions-per-pass")
+    if not args.data_root.is_dir():
+        raise FileNotFoundError(f"Ref-YouTube-VOS root not found: {args.data_root}")
+    if args.split == "valid":
+        videos = ytvos_valid_videos(args.data_root)
+    else:
+        videos = ytvos_heldout_videos(args.data_root, args.heldout_every)
+    model = _load(args)
+    split_dir = args.output / args.split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    with distributed_shard() as shard:
+        mine = shard.take(videos)
+        written = predict_ytvos(
+            model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
+            expressions_per_pass=args.expressions_per_pass, progress=not args.no_progress,
+            desc=f"ytvos {args.split} [rank {shard.rank}/{shard.world_size}]",
+        )
+        print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
+        shard.barrier()
+        if not shard.is_main:
+            return 0
+        if args.split == "valid":
+            zip_path = write_submission_zip(split_dir, videos, args.output / "submission.zip")
+            print(f"wrote {zip_path} ({len(videos)} videos); upload it to the Ref-YouTube-VOS competition server")
+        else:
+            results = evaluate_ytvos_results(videos, split_dir, progress=not args.no_progress)
+            json_path, csv_path = write_ytvos_results(results, args.output, "heldout")
+            print(format_ytvos_results(results, f"Ref-YouTube-VOS held-out (1 in {args.heldout_every} train videos)"))
+            print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def run_davis(args: argparse.Namespace) -> int:
+    from ..data.davis import davis_eval_videos
+    from ..inference.benchmarks import distributed_shard
+    from ..inference.davis_predict import (
+        evaluate_davis_annotators,
+        format_davis_summary,
+        predict_davis,
+    )
+
+    _check_positive(args.clip_length, "--clip-length")
+    _check_positive(args.expressions_per_pass, "--expressions-per-pass")
+    davis_root = args.davis_root if args.davis_root is not None else args.data_root / "DAVIS"
+    # Fail before hours of prediction rather than at the evaluation.
+    if not (davis_root / "Annotations_unsupervised").is_dir():
+        raise FileNotFoundError(
+            f"DAVIS-2017 ground truth not found: {davis_root / 'Annotations_unsupervised'} (pass --davis-root)"
+        )
+    videos = davis_eval_videos(args.data_root, "valid")
+    model = _load(args)
+    split_dir = args.output / "valid"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    with distributed_shard() as shard:
+        mine = shard.take(videos)
+        written = predict_davis(
+            model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
+            expressions_per_pass=args.expressions_per_pass, progress=not args.no_progress,
+            desc=f"davis [rank {shard.rank}/{shard.world_size}]",
+        )
+        print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
+        shard.barrier()
+        if not shard.is_main:
+            return 0
+        summary = evaluate_davis_annotators(davis_root, split_dir, progress=not args.no_progress)
+        print(format_davis_summary(summary))
+        print(f"wrote the DAVIS CSVs into {split_dir}/anno_*/ and the mean into {split_dir}")
+    return 0
+
+
+def run_a2d(args: argparse.Namespace) -> int:
+    from ..inference.a2d_predict import (
+        build_eval_dataset,
+        evaluate_predictions,
+        format_a2d_metrics,
+        ground_truth,
+        predict_samples,
+    )
+    from ..inference.benchmarks import distributed_shard
+
+    _check_positive(args.num_frames, "--num-frames")
+    _check_positive(args.max_size, "--max-size")
+    _check_positive(args.batch_size, "--batch-size")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    dataset = build_eval_dataset(
+        args.benchmark, args.data_root, num_frames=args.num_frames, short_side=args.short_side, max_size=args.max_size
+    )
+    model = _load(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with distributed_shard() as shard:
+        indices = shard.take(range(len(dataset)))
+        predictions = predict_samples(
+            model, dataset, indices, batch_size=args.batch_size, num_workers=args.workers,
+            progress=not args.no_progress, desc=f"{args.benchmark} [rank {shard.rank}/{shard.world_size}]",
+        )
+        part = args.output / f"predictions.rank{shard.rank}-of-{shard.world_size}.json"
+        part.write_text(json.dumps(predictions))
+        shard.barrier()
+        if not shard.is_main:
+            return 0
+        gt = ground_truth(args.benchmark, args.data_root)
+        parts = [args.output / f"predictions.rank{r}-of-{shard.world_size}.json" for r in range(shard.world_size)]
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for path in parts:
+            for p in json.loads(path.read_text()):
+                by_id.setdefault(p["image_id"], []).append(p)
+        merged = [p for image_id in gt.ids for p in by_id.get(image_id, [])]
+        (args.output / "predictions.json").write_text(json.dumps(merged))
+        for path in parts:
+            path.unlink()
+        metrics = evaluate_predictions(gt, merged, progress=not args.no_progress)
+        (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(format_a2d_metrics(metrics, "A2D-Sentences" if args.benchmark == "a2d" else "JHMDB-Sentences"))
+        print(f"wrote {args.output / 'predictions.json'} and {args.output / 'metrics.json'}")
+    return 0
+
