@@ -185,3 +185,12 @@ def test_converted_checkpoint_round_trips_through_safetensors(model, reference, 
     (tmp_path / "converted" / "model.safetensors").write_bytes(before[:1000])
     with pytest.raises(bifit.CheckpointError, match="not a readable safetensors"):
         bifit.load_pretrained(target)
+
+
+def test_random_bytes_are_called_corrupt_in_one_line(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(bifit.CheckpointError) as info:
+        bifit.load_official_checkpoint(path, text_encoder=str(TINY_ROBERTA))
+    assert "not a readable PyTorch checkpoint" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -121,10 +120,14 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from None
-    except Exception as exc:  # weights_only refuses pickled code with an UnpicklingError
-        raise CheckpointError(f"{path} holds objects other than tensors and cannot be loaded safely: {exc}") from None
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and cannot be loaded safely (weights_only=True refused it)"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?; {type(exc).__name__})"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
