@@ -17,6 +17,7 @@ from .modeling.checkpoint import (
     save_pretrained,
 )
 from .modeling.text_encoder import ExpressionError, TextEncoder
+from .inference.predictor import ExpressionResult, SegmentationResult, Segmenter, default_checkpoint
 
 __version__ = "0.1.0"
 
@@ -42,8 +43,12 @@ __all__ = [
     "BifitModel",
     "CheckpointError",
     "ExpressionError",
+    "ExpressionResult",
+    "SegmentationResult",
+    "Segmenter",
     "TextEncoder",
     "build_model",
+    "default_checkpoint",
     "get_preset",
     "load_model",
     "load_official_checkpoint",

@@ -1,0 +1,197 @@
+"""`bifit segment` as a user runs it: outputs for a video file, a frame folder and an image, and one
+clear message with a non-zero exit code for every kind of bad input, without touching existing files."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bifit
+from bifit.cli import main
+from bifit.commands.segment import slugify
+from bifit.data.video import read_video_file
+
+FAST = ["--short-side", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_bert, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = bifit.build_model("tiny", text_encoder=str(tiny_bert))
+    return bifit.save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _encode(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """uint8 [T, H, W, 3] frames to a video file with PyAV (MPEG-4 Part 2, any container)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        container.start_encoding()
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (6, 24, 34, 3), dtype=np.uint8)
+
+
+def _check_outputs(out: Path, texts: list[str], names: list[str], size: tuple[int, int]) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_frames"] == len(names) and summary["frame_size"] == list(size)
+    assert [e["text"] for e in summary["expressions"]] == texts
+    for i, (text, entry) in enumerate(zip(texts, summary["expressions"])):
+        assert entry["directory"] == f"{i}_{slugify(text)}"
+        pngs = sorted((out / entry["directory"] / "masks").glob("*.png"))
+        assert [p.stem for p in pngs] == names
+        assert [f["frame"] for f in entry["frames"]] == names
+        for png, record in zip(pngs, entry["frames"]):
+            mask = np.asarray(Image.open(png))
+            assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+            assert record["mask_area"] == int((mask > 0).sum())
+            assert 0.0 <= record["score"] <= 1.0 and len(record["box"]) == 4
+    mp4 = read_video_file(out / "overlay.mp4").frames
+    assert mp4.shape[0] == len(names) and mp4.shape[1:3] == tuple(s + s % 2 for s in size)
+    with Image.open(out / "overlay.gif") as gif:
+        assert gif.n_frames == len(names) and gif.size == (size[1], size[0])
+    return summary
+
+
+def test_segment_a_video_file_with_two_expressions(checkpoint, frames, tmp_path, capsys):
+    video = _encode(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "out"
+    texts = ["the red circle", "a dog running on the grass!"]
+    code = main(["segment", str(video), "--text", texts[0], "-t", texts[1], "-c", str(checkpoint), "-o", str(out), *FAST])
+    assert code == 0
+    summary = _check_outputs(out, texts, [f"{i:05d}" for i in range(6)], (24, 34))
+    assert summary["fps"] == 10.0 and summary["expressions"][1]["directory"] == "1_a_dog_running_on_the_grass"
+    assert "overlay.mp4" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
+
+
+def test_segment_in_clips_with_a_stride(checkpoint, frames, tmp_path):
+    video = _encode(tmp_path / "clip.avi", frames)
+    out = tmp_path / "out"
+    code = main(["segment", str(video), "-t", "a dog", "-c", str(checkpoint), "-o", str(out), "--clip-length", "2",
+                 "--frame-stride", "2", *FAST])
+    assert code == 0
+    summary = _check_outputs(out, ["a dog"], ["00000", "00002", "00004"], (24, 34))
+    assert summary["clip_length"] == 2 and summary["fps"] == 5.0
+
+
+def test_segment_a_folder_of_frames_and_a_single_image(checkpoint, frames, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames[:3]):
+        Image.fromarray(f).save(folder / f"f{i}.jpg")
+    assert main(["segment", str(folder), "-t", "a dog", "-c", str(checkpoint), "-o", str(tmp_path / "a"), *FAST]) == 0
+    _check_outputs(tmp_path / "a", ["a dog"], ["f0", "f1", "f2"], (24, 34))
+    image = tmp_path / "photo.png"
+    Image.fromarray(frames[0]).save(image)
+    assert main(["segment", str(image), "-t", "a dog", "-c", str(checkpoint), "-o", str(tmp_path / "b"), *FAST]) == 0
+    _check_outputs(tmp_path / "b", ["a dog"], ["photo"], (24, 34))
+
+
+def test_existing_output_is_kept_without_overwrite_and_replaced_with_it(checkpoint, frames, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray(frames[0]).save(image)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["segment", str(image), "-c", str(checkpoint), "-o", str(out), *FAST]
+    assert main(args + ["-t", "a dog"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(args + ["-t", "a dog", "-t", "the red circle", "--overwrite"]) == 0
+    assert main(args + ["-t", "the big blue square", "--overwrite"]) == 0
+    # The earlier run's outputs are replaced; files that are not bifit's stay.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0_the_big_blue_square", "notes.txt", "overlay.gif", "overlay.mp4", "summary.json"
+    ]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def _bad_video(kind: str, tmp_path: Path) -> Path:
+    if kind == "missing":
+        return tmp_path / "nothing.mp4"
+    if kind == "unreadable":
+        path = tmp_path / "broken.mp4"
+        path.write_bytes(b"definitely not a video" * 50)
+        return path
+    if kind == "no frames":
+        return _encode(tmp_path / "empty.avi", np.zeros((0, 16, 16, 3), dtype=np.uint8))
+    (tmp_path / "empty_folder").mkdir()
+    return tmp_path / "empty_folder"
+
+
+@pytest.mark.parametrize("clip_length", [[], ["--clip-length", "2"]])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "input not found"),
+        ("unreadable", "cannot decode video"),
+        ("no frames", "contains no frames"),
+        ("empty folder", "contains no images"),
+    ],
+)
+def test_bad_videos_fail_with_one_clear_message(checkpoint, tmp_path, capsys, kind, message, clip_length):
+    video = _bad_video(kind, tmp_path)
+    out = tmp_path / "out"
+    assert main(["segment", str(video), "-t", "a dog", "-c", str(checkpoint), "-o", str(out), *FAST, *clip_length]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bifit segment: error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([""], "expression 1 is empty"),
+        (["a dog", "   "], "expression 2 is empty"),
+        ([" ".join(["dog"] * 40)], "is 42 tokens long; the text encoder accepts at most 32"),
+    ],
+)
+def test_bad_expressions_fail_with_one_clear_message(checkpoint, frames, tmp_path, capsys, texts, message):
+    image = tmp_path / "photo.png"
+    Image.fromarray(frames[0]).save(image)
+    args = ["segment", str(image), "-c", str(checkpoint), "-o", str(tmp_path / "out"), *FAST]
+    for text in texts:
+        args += ["--text", text]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_of_the_wrong_kind_fail_with_one_clear_message(checkpoint, frames, tmp_path, capsys, monkeypatch):
+    image = tmp_path / "photo.png"
+    Image.fromarray(frames[0]).save(image)
+    random_file = tmp_path / "weights.pth"
+    random_file.write_bytes(np.random.default_rng(0).bytes(1000))
+    no_config = tmp_path / "some_dir"
+    no_config.mkdir()
+    cases = [
+        (["-c", str(random_file)], "is not a checkpoint: expected a bifit checkpoint directory"),
+        (["-c", str(checkpoint / "model.safetensors")], "is one file of a bifit checkpoint"),
+        (["-c", str(no_config)], "is not a bifit checkpoint directory (needs config.json and model.safetensors)"),
+        (["-c", str(tmp_path / "nowhere")], "checkpoint not found"),
+    ]
+    monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path / "site-packages")
+    cases.append(([], "the bundled demo model is not installed"))
+    for extra, message in cases:
+        assert main(["segment", str(image), "-t", "a dog", "-o", str(tmp_path / "out"), *FAST, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
