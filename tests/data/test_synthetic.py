@@ -335,3 +335,11 @@ def test_render_strip_and_save_png(tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(path)), strip)
+
+
+def test_many_small_clips_generate_without_error():
+    from bifit.data.synthetic import SceneConfig, generate_clip
+
+    config = SceneConfig(num_frames=4, size=(64, 96))
+    for seed in range(3000):
+        generate_clip(seed, config)

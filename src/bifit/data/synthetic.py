@@ -334,7 +334,8 @@ def _axis_path(rng: np.random.Generator, length: int, extent: float, num_frames:
     travel = min(rng.uniform(0.2, 0.4) * length, room)
     if travel <= 0:
         return None
-    start = rng.uniform(extent, length - 1 - extent - travel)
+    # When the travel uses all the room, rounding can put the upper bound a hair below the lower one.
+    start = rng.uniform(extent, max(extent, length - 1 - extent - travel))
     return start + travel / last * steps
 
 
