@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="process the video in clips of N frames so memory stays flat on long videos "
                         "(default: the whole video at once, as the official inference)")
     parser.add_argument("--frame-stride", type=int, default=1, metavar="K", help="segment every K-th frame (default 1)")
-    parser.add_argument("--short-side", type=int, default=360, metavar="PX",
-                        help="resize frames so their shorter side is PX before the model (official: 360)")
+    parser.add_argument("--short-side", type=int, default=None, metavar="PX",
+                        help="resize frames so their shorter side is PX before the model (default: the official "
+                        "360, or the training frames' size for the bundled demo model)")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier bifit outputs in an output directory that is not empty")
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..inference.predictor import Segmenter, check_expressions, default_checkpoint
+    from ..inference.predictor import Segmenter, check_expressions, checkpoint_short_side, default_checkpoint
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, overlay_masks
 
     expressions = check_expressions(args.text)
@@ -110,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.video.exists():
         raise FileNotFoundError(f"input not found: {args.video}")
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+    if args.short_side is None:
+        args.short_side = checkpoint_short_side(checkpoint)
 
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device, clip_length=args.clip_length,

@@ -54,7 +54,7 @@ from ..data.video import (
     read_video_file,
 )
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import CheckpointError, load_model
+from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
 from ..modeling.text_encoder import ExpressionError
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ __all__ = [
     "Segmenter",
     "VideoSegmentation",
     "check_expressions",
+    "checkpoint_short_side",
     "default_checkpoint",
 ]
 
@@ -87,6 +88,17 @@ def default_checkpoint() -> Path:
             "pass --checkpoint with a bifit checkpoint directory or an official .pth file"
         )
     return path
+
+
+def checkpoint_short_side(checkpoint: str | os.PathLike[str]) -> int:
+    """The shorter side frames should be resized to for `checkpoint`: the training frames' for a model
+    trained on synthetic clips (its config records them under `demo`), else the official 360."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        demo = read_pretrained_config(path).get("demo")
+        if isinstance(demo, dict) and "frame_size" in demo:
+            return int(min(demo["frame_size"]))
+    return EVAL_SHORT_SIZE
 
 
 def check_expressions(expressions: str | Sequence[str]) -> list[str]:
