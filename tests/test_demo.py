@@ -24,7 +24,7 @@ from bifit.cli import main
 from bifit.data.synthetic import SceneConfig, generate_clip
 from bifit.data.video import read_video_file
 from bifit.modeling.checkpoint import CheckpointError
-from bifit.training.config import resolve_text_encoder
+from bifit.modeling.text_encoder import resolve_text_encoder
 
 
 # ------------------------------------------------------------------------------------- bundle

@@ -1,0 +1,122 @@
+"""The training loop on synthetic clips: the loss falls, metrics.jsonl holds every term, the final
+model loads, and the CLI turns bad input into one clear message."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import bifit
+from bifit.cli import main
+from bifit.training import TrainingConfig, train
+from bifit.training.criterion import LOSS_NAMES
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes
+    make these few-step runs many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_run_config(text_encoder: Path, **changes) -> TrainingConfig:
+    """The tiny model on 32x32 two-frame synthetic clips: a step takes a fraction of a second."""
+    model = bifit.get_preset("tiny").replace(text_encoder=str(text_encoder), num_frames=2)
+    settings = dict(
+        model=model, data="synthetic", synthetic_samples=8, synthetic_size=(32, 32), epochs=1, batch_size=2,
+        lr=1e-3, lr_backbone=1e-3, lr_text_fusion=1e-3, lr_drop=(), num_workers=0, device="cpu",
+        disable_dropout=True, log_every=1, seed=0,
+    )
+    settings.update(changes)
+    return TrainingConfig(**settings)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_metrics_hold_every_term(tiny_bert, tmp_path):
+    # Four clips seen again and again: the loss on them must fall clearly.
+    config = tiny_run_config(tiny_bert, synthetic_samples=4, batch_size=4, epochs=10, log_every=1)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.step == 10 and result.epoch == 10
+
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == list(range(1, 11))
+    aux = [f"{name}_{i}" for i in range(config.model.dec_layers - 1) for name in LOSS_NAMES]
+    for record in records:
+        assert {"step", "epoch", "lr", "loss", "grad_norm", *LOSS_NAMES, *aux} <= set(record)
+        assert all(math.isfinite(record[k]) for k in ("loss", "lr", *LOSS_NAMES, *aux))
+        weighted = sum(w * record[k] for k, w in bifit.training.CriterionConfig().weight_dict(len(aux) // 5).items())
+        assert record["loss"] == pytest.approx(weighted, rel=1e-5)
+    assert [r["epoch"] for r in records] == list(range(10))
+    assert all(r["lr"] == 1e-3 for r in records)
+    first, last = records[0]["loss"], min(r["loss"] for r in records[-3:])
+    assert last < 0.75 * first, [round(r["loss"], 3) for r in records]
+
+    model = bifit.load_pretrained(result.final_dir)
+    assert model.config == config.model
+    assert (tmp_path / "run" / "train_config.json").is_file()
+    assert TrainingConfig.from_json(tmp_path / "run" / "train_config.json") == config
+
+
+def test_max_steps_lr_drop_and_checkpoint_positions(tiny_bert, tmp_path):
+    # 8 clips / batch 2 = 4 steps per epoch; drop after epoch 1; stop after 6 steps (mid-epoch 1).
+    config = tiny_run_config(tiny_bert, epochs=3, lr_drop=(1,), max_steps=6, save_every=0, log_every=2)
+    result = train(config, tmp_path / "run", progress=False)
+    records = read_metrics(tmp_path / "run")
+    assert [(r["step"], r["epoch"]) for r in records] == [(2, 0), (4, 0), (6, 1)]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, 1e-3, 1e-4])
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / checkpoints[-1], weights_only=True)
+    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 2)
+    assert result.step == 6
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_bert, tmp_path):
+    config = tiny_run_config(tiny_bert, max_steps=1)
+    train(config, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="finished training run; pass --resume .* or --overwrite"):
+        train(config, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="cannot resume .* different settings \\(lr"):
+        train(config.replace(lr=5e-4), tmp_path / "run", resume=True, progress=False)
+    result = train(config, tmp_path / "run", overwrite=True, progress=False)
+    assert result.step == 1 and len(read_metrics(tmp_path / "run")) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "nope"], "unknown training preset 'nope'"),
+        (["--preset", "ytvos_r50"], "--data ytvos needs --data-root"),
+        (["--preset", "ytvos_r50", "--data-root", "/no/such/dir"], "--data-root not found: /no/such/dir"),
+        (["--preset", "a2d_r50", "--data", "jhmdb"], "JHMDB-Sentences is evaluation-only"),
+        (["--preset", "synthetic_tiny", "--set", "colour=red"], "unknown setting 'colour'"),
+        (["--preset", "synthetic_tiny", "--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
+    code = main(["train", "--output-dir", str(tmp_path / "out"), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("bifit train: error:") and message in err and "\n" not in err
+
+
+def test_cli_trains_and_refuses_to_clobber(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--preset", "synthetic_tiny", "--output-dir", str(out), "--text-encoder", str(tiny_bert),
+            "--max-steps", "1", "--batch-size", "1", "--device", "cpu", "--no-progress",
+            "--set", "synthetic_size=[32, 32]", "--set", "num_frames=2"]
+    assert main(argv) == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+    assert bifit.load_pretrained(out / "final").config.text_encoder == str(tiny_bert)
+    assert main(argv) == 2
+    assert "already holds a finished training run" in capsys.readouterr().err
