@@ -31,6 +31,10 @@ class BifitConfig:
     """
 
     backbone: str = "resnet50"
+    # "frozen_bn" as released; "group_norm" for a backbone trained from scratch (no ImageNet statistics).
+    backbone_norm: str = "frozen_bn"
+    # The official code trains only layer2..layer4 of the (ImageNet-initialised) backbone.
+    train_backbone_stem: bool = False
     text_encoder: str = "roberta-base"
     freeze_text_encoder: bool = True
     hidden_dim: int = 256
@@ -60,6 +64,8 @@ class BifitConfig:
         problems = []
         if self.backbone not in _BACKBONE_CHANNELS:
             problems.append(f"backbone must be one of {sorted(_BACKBONE_CHANNELS)}, got {self.backbone!r}")
+        if self.backbone_norm not in ("frozen_bn", "group_norm"):
+            problems.append(f"backbone_norm must be 'frozen_bn' or 'group_norm', got {self.backbone_norm!r}")
         if self.hidden_dim % self.nheads:
             problems.append(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
         if self.hidden_dim % self.proj_norm_groups or self.hidden_dim % self.fpn_norm_groups:
@@ -138,9 +144,12 @@ PRESETS: dict[str, BifitConfig] = {
     # The released configuration (Ref-YouTube-VOS and A2D-Sentences checkpoints).
     "bifit_r50": BifitConfig(),
     "bifit_r101": BifitConfig(backbone="resnet101"),
-    # Small enough to train on two CPU cores; used by tests, the synthetic benchmark and the demo.
+    # Small enough to train on two CPU cores from scratch; used by tests, the synthetic benchmark and
+    # the demo.
     "tiny": BifitConfig(
         backbone="resnet18",
+        backbone_norm="group_norm",
+        train_backbone_stem=True,
         hidden_dim=64,
         nheads=4,
         enc_layers=1,

@@ -51,8 +51,10 @@ def test_groups_match_the_official_keywords_on_every_official_key():
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_bert):
+    """The tiny model with the released backbone options (frozen batch norm, stem and layer1 frozen)."""
     torch.manual_seed(0)
-    return bifit.build_model(bifit.get_preset("tiny"), text_encoder=str(tiny_bert))
+    config = bifit.get_preset("tiny", backbone_norm="frozen_bn", train_backbone_stem=False)
+    return bifit.build_model(config, text_encoder=str(tiny_bert))
 
 
 def distinct_rates() -> TrainingConfig:
@@ -82,6 +84,15 @@ def test_optimizer_groups_rates_and_decay(tiny_model):
     assert not any(
         "sampling_offsets" in n or n.startswith(("backbone.", "bvli.text_from_vision.")) for n in names["main"]
     )
+
+
+def test_a_backbone_trained_from_scratch_trains_whole_with_group_norm(tiny_bert):
+    model = bifit.build_model(bifit.get_preset("tiny"), text_encoder=str(tiny_bert))
+    groups = {g["name"]: g for g in parameter_groups(model, distinct_rates())}
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    names = [by_id[id(p)] for p in groups["backbone"]["params"]]
+    assert "backbone.body.conv1.weight" in names and "backbone.body.layer1.0.bn1.weight" in names
+    assert isinstance(model.backbone.body["bn1"], torch.nn.GroupNorm)
 
 
 def test_unfrozen_text_encoder_trains_at_its_own_rate(tiny_bert):

@@ -122,8 +122,9 @@ def test_random_states_round_trip_through_a_weights_only_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_bert):
+    # Frozen batch norm, as torchvision-format (ImageNet) backbone weights require.
     torch.manual_seed(0)
-    return bifit.build_model(bifit.get_preset("tiny"), text_encoder=str(tiny_bert))
+    return bifit.build_model(bifit.get_preset("tiny", backbone_norm="frozen_bn"), text_encoder=str(tiny_bert))
 
 
 def test_torchvision_backbone_weights_load_and_mismatches_are_refused(tiny_model, tmp_path):
@@ -144,7 +145,7 @@ def test_torchvision_backbone_weights_load_and_mismatches_are_refused(tiny_model
 def test_init_checkpoint_from_a_bifit_directory_keeps_fresh_class_heads(tiny_model, tiny_bert, tmp_path):
     bifit.save_pretrained(tiny_model, tmp_path / "source")
     torch.manual_seed(1)
-    fresh = bifit.build_model(bifit.get_preset("tiny"), text_encoder=str(tiny_bert))
+    fresh = bifit.build_model(bifit.get_preset("tiny", backbone_norm="frozen_bn"), text_encoder=str(tiny_bert))
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     report = load_init_checkpoint(fresh, tmp_path / "source")
     assert report["unexpected"] == [] and report["missing"]

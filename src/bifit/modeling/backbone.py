@@ -37,20 +37,31 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> t
     return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
 
 
+def _group_norm(num_channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, num_channels)
+
+
 class ResNetBackbone(nn.Module):
     """torchvision ResNet (no pretrained download) returning layer1..layer4 (strides 4, 8, 16, 32).
 
-    Only layer2..layer4 are trainable when `trainable` is True, as in the official code.
+    Args:
+        name: torchvision ResNet name.
+        norm: "frozen_bn" (the official choice, for ImageNet-initialised weights) or "group_norm"
+            (trainable; a backbone trained from scratch has no statistics to freeze).
+        train_stem: also train conv1, bn1 and layer1; the official code trains only layer2..layer4.
     """
 
-    def __init__(self, name: str = "resnet50", trainable: bool = True) -> None:
+    def __init__(self, name: str = "resnet50", norm: str = "frozen_bn", train_stem: bool = False) -> None:
         super().__init__()
-        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+        norms = {"frozen_bn": FrozenBatchNorm2d, "group_norm": _group_norm}
+        if norm not in norms:
+            raise ValueError(f"backbone norm must be one of {sorted(norms)}, got {norm!r}")
+        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=norms[norm])
         self.body = nn.ModuleDict(
             {k: getattr(resnet, k) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")}
         )
         for pname, param in self.body.named_parameters():
-            if not trainable or not pname.startswith(("layer2", "layer3", "layer4")):
+            if not train_stem and not pname.startswith(("layer2", "layer3", "layer4")):
                 param.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

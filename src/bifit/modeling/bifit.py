@@ -116,7 +116,7 @@ class BifitModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_dim
-        self.backbone = ResNetBackbone(config.backbone)
+        self.backbone = ResNetBackbone(config.backbone, config.backbone_norm, config.train_backbone_stem)
         self.text_encoder = text_encoder
         if config.freeze_text_encoder:
             for p in self.text_encoder.parameters():
