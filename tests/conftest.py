@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 CORPUS = [
     "the man in the red shirt riding a bike",
@@ -63,6 +64,16 @@ def build_tiny_text_encoder(directory: Path, kind: str = "bert") -> Path:
     fast.save_pretrained(directory)
     model.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The suite's models are small: intra-op threads only add overhead at these sizes, and on a busy
+    2-core machine OpenMP threads spinning against other processes make runs many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -230,12 +230,3 @@ def fake_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world_size: int, barri
     monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: world_size)
     monkeypatch.setattr(dist, "barrier", lambda *a, **k: barriers.append(rank))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run the tiny models on one thread: intra-op threading only adds overhead at these sizes and
-    makes them many times slower on a busy machine. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -17,7 +17,6 @@ from predict_fixtures import (  # noqa: F401
     H,
     W,
     fake_rank,
-    one_torch_thread,
     save_checkpoint,
     write_ytvos,
 )

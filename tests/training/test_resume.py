@@ -28,15 +28,6 @@ from bifit.training.checkpointing import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes
-    make these few-step runs many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def resume_config(text_encoder: Path, **changes) -> TrainingConfig:
     # Dropout stays ON (0.1 everywhere), so equal weights prove the random states were restored.

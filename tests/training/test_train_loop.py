@@ -16,15 +16,6 @@ from bifit.training import TrainingConfig, train
 from bifit.training.criterion import LOSS_NAMES
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes
-    make these few-step runs many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_run_config(text_encoder: Path, **changes) -> TrainingConfig:
     """The tiny model on 32x32 two-frame synthetic clips: a step takes a fraction of a second."""
