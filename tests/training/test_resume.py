@@ -145,3 +145,14 @@ def test_init_checkpoint_from_a_bifit_directory_keeps_fresh_class_heads(tiny_mod
     for key, value in fresh.state_dict().items():
         expected = before[key] if key.startswith("class_embed.") else source[key]
         assert torch.equal(value, expected), key
+
+
+def test_init_checkpoint_reads_compact_checkpoints_through_the_loader(tiny_model, tiny_bert, tmp_path):
+    bifit.save_pretrained(tiny_model, tmp_path / "int8", weights="int8-per-channel")
+    fresh = bifit.build_model(bifit.get_preset("tiny", backbone_norm="frozen_bn"), text_encoder=str(tiny_bert))
+    load_init_checkpoint(fresh, tmp_path / "int8")
+    source = tiny_model.state_dict()
+    weight = "controller.layers.0.weight"
+    step = float(source[weight].abs().max()) / 127
+    assert fresh.state_dict()[weight].dtype == torch.float32
+    assert torch.allclose(fresh.state_dict()[weight], source[weight], atol=step / 2 + 1e-7)

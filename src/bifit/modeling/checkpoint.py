@@ -26,6 +26,7 @@ __all__ = [
     "load_pretrained",
     "load_model",
     "read_pretrained_config",
+    "state_dict_differences",
 ]
 
 FORMAT_VERSION = 1
@@ -172,6 +173,16 @@ _SCALE_SUFFIX = ":scale"
 _MIN_QUANTIZED_NUMEL = 1024
 
 
+def state_dict_differences(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) keys of `given` against `expected`, each sorted."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    return missing, unexpected, mismatched
+
+
 def _quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float [C, ...] -> (int8 [C, ...], float32 scale [C]), symmetric per output channel."""
     flat = tensor.detach().float().reshape(tensor.shape[0], -1)
@@ -310,9 +321,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     )
     model = BifitModel(config, text_encoder)
     expected = {k: v for k, v in model.state_dict().items() if not (external and k.startswith(_TEXT_PREFIX))}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    missing, unexpected, mismatched = state_dict_differences(expected, state)
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{weights_path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "

@@ -168,7 +168,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     Every convolution and batch-norm tensor of the four stages and the stem must be present with the
     backbone's shape; the classifier (`fc.*`) and `num_batches_tracked` counters are ignored.
     """
-    from ..modeling.checkpoint import CheckpointError
+    from ..modeling.checkpoint import CheckpointError, state_dict_differences
 
     path = Path(path)
     if not path.is_file():
@@ -185,9 +185,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     body = model.backbone.body
     expected = body.state_dict()
     wanted = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(wanted))
-    unexpected = sorted(set(wanted) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(wanted) if expected[k].shape != wanted[k].shape)
+    missing, unexpected, mismatched = state_dict_differences(expected, wanted)
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{path} does not fit the {model.config.backbone} backbone: missing {missing[:4]}, "
@@ -207,16 +205,12 @@ def load_init_checkpoint(model: nn.Module, path: str | Path, drop_class_heads: b
         `{"missing": [...], "unexpected": [...]}`: model parameters left as they were and
         checkpoint tensors that have no place in the model.
     """
-    from ..modeling.checkpoint import CheckpointError, official_key_to_bifit, read_official_state_dict
+    from ..modeling.checkpoint import CheckpointError, load_pretrained, official_key_to_bifit, read_official_state_dict
 
     path = Path(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{path} is not a bifit checkpoint directory (no model.safetensors)")
-        state = load_file(str(weights))
+        # Through the loader, so that compact checkpoints (int8 weights, external text encoder) work too.
+        state = load_pretrained(path).state_dict()
     else:
         official = read_official_state_dict(path)
         state = {}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import BifitConfig, get_preset
+from ..config import BifitConfig, get_preset, read_json_object
 from ..modeling.text_encoder import MINILM_PACKAGE
 
 __all__ = [
@@ -184,15 +184,7 @@ class TrainingConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainingConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"training config not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"training config {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"training config {path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "training config"))
 
 
 def _tiny_synthetic_model() -> BifitConfig:
