@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from media import write_video
 import bifit
 from bifit.cli import main
 from bifit.commands.segment import slugify
@@ -28,20 +27,6 @@ def checkpoint(tiny_bert, tmp_path_factory) -> Path:
     model = bifit.build_model("tiny", text_encoder=str(tiny_bert))
     return bifit.save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny")
 
-
-def _encode(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
-    """uint8 [T, H, W, 3] frames to a video file with PyAV (MPEG-4 Part 2, any container)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        container.start_encoding()
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +56,7 @@ def _check_outputs(out: Path, texts: list[str], names: list[str], size: tuple[in
 
 
 def test_segment_a_video_file_with_two_expressions(checkpoint, frames, tmp_path, capsys):
-    video = _encode(tmp_path / "clip.mp4", frames)
+    video = write_video(tmp_path / "clip.mp4", frames, fps=10)
     out = tmp_path / "out"
     texts = ["the red circle", "a dog running on the grass!"]
     code = main(["segment", str(video), "--text", texts[0], "-t", texts[1], "-c", str(checkpoint), "-o", str(out), *FAST])
@@ -83,7 +68,7 @@ def test_segment_a_video_file_with_two_expressions(checkpoint, frames, tmp_path,
 
 
 def test_segment_in_clips_with_a_stride(checkpoint, frames, tmp_path):
-    video = _encode(tmp_path / "clip.avi", frames)
+    video = write_video(tmp_path / "clip.avi", frames, fps=10)
     out = tmp_path / "out"
     code = main(["segment", str(video), "-t", "a dog", "-c", str(checkpoint), "-o", str(out), "--clip-length", "2",
                  "--frame-stride", "2", *FAST])
@@ -132,7 +117,7 @@ def _bad_video(kind: str, tmp_path: Path) -> Path:
         path.write_bytes(b"definitely not a video" * 50)
         return path
     if kind == "no frames":
-        return _encode(tmp_path / "empty.avi", np.zeros((0, 16, 16, 3), dtype=np.uint8))
+        return write_video(tmp_path / "empty.avi", np.zeros((0, 16, 16, 3), dtype=np.uint8), fps=10)
     (tmp_path / "empty_folder").mkdir()
     return tmp_path / "empty_folder"
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 import pytest
 import torch
 
+from media import write_video
 from bifit.data import transforms as T
 from bifit.data import video as video_module
 from bifit.data.a2d import (
@@ -45,18 +44,6 @@ ANNOTATIONS = [  # video_id, instance_id, query
 ]
 
 
-def write_mp4(path: Path, frames: np.ndarray) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=24)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.time_base = Fraction(1, 24)
-        stream.options = {"qscale": "1"}
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
 
 def box_mask(row: int, col: int) -> np.ndarray:
     mask = np.zeros((H, W), np.uint8)
@@ -70,7 +57,7 @@ def make_a2d(root: Path) -> Path:
     rows = []
     for video, (subset, frames) in VIDEOS.items():
         values = (np.arange(NUM_FRAMES) * 20 % 256).astype(np.uint8)
-        write_mp4(
+        write_video(
             root / "Release" / "clips320H" / f"{video}.mp4",
             np.broadcast_to(values[:, None, None, None], (NUM_FRAMES, H, W, 3)),
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -10,25 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from media import write_video
 from bifit.data.video import VideoFrameCache, read_frame_folder, read_frames, read_image, read_video_file
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
 
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> Path:
-    """Encode uint8 [T, H, W, 3] frames with PyAV."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        stream.options = {"qscale": "1"} if codec == "mpeg4" else {}
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def solid_frames(colors=COLORS, height: int = 32, width: int = 48) -> np.ndarray:
@@ -37,7 +22,7 @@ def solid_frames(colors=COLORS, height: int = 32, width: int = 48) -> np.ndarray
 
 @pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mov"])
 def test_read_video_file_decodes_every_frame(tmp_path, suffix):
-    path = write_video(tmp_path / f"clip{suffix}", solid_frames())
+    path = write_video(tmp_path / f"clip{suffix}", solid_frames(), fps=10)
     video = read_video_file(path)
     assert video.frames.shape == (4, 32, 48, 3) and video.frames.dtype == np.uint8
     assert video.fps == pytest.approx(10.0)
@@ -59,7 +44,7 @@ def test_read_frames_dispatches_on_input_kind(tmp_path):
     assert tuple(video.frames[1, 0, 0]) == COLORS[1]
     single = read_frames(folder / "00002.png")
     assert single.frames.shape == (1, 10, 20, 3) and single.names == ["00002"]
-    assert read_frames(write_video(tmp_path / "v.mp4", solid_frames())).frames.shape[0] == 4
+    assert read_frames(write_video(tmp_path / "v.mp4", solid_frames(), fps=10)).frames.shape[0] == 4
 
 
 def test_clear_errors_for_bad_inputs(tmp_path):
@@ -129,6 +114,6 @@ def test_cache_memory_lru_and_disk_reuse(tmp_path):
 
 
 def test_cache_decodes_real_video_losslessly(tmp_path):
-    path = write_video(tmp_path / "v.mp4", solid_frames())
+    path = write_video(tmp_path / "v.mp4", solid_frames(), fps=10)
     cached = VideoFrameCache(cache_dir=tmp_path / "cache").get("v", path)
     assert np.array_equal(np.asarray(cached), read_video_file(path).frames)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+from media import write_video
 import bifit
 
 #: Frame size of every fixture video: odd sizes so that resizing, stride-4 rounding and cropping
@@ -144,18 +143,6 @@ A2D_QUERIES = [("trA", "1", "a man walking"), ("teA", "1", "The dog running LEFT
                ("teB", "4", "a bird flying")]
 
 
-def _write_mp4(path: Path, frames: np.ndarray) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=24)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.time_base = Fraction(1, 24)
-        stream.options = {"qscale": "1"}
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
 
 def write_a2d(root: Path) -> Path:
     """A2D-Sentences: mp4 clips, h5 instance masks (MATLAB order), csv/txt annotations; 'trA' is a
@@ -165,7 +152,7 @@ def write_a2d(root: Path) -> Path:
     masks_dir = root / "text_annotations" / "a2d_annotation_with_instances"
     rows = []
     for video, (subset, n, frames) in A2D_VIDEOS.items():
-        _write_mp4(
+        write_video(
             root / "Release" / "clips320H" / f"{video}.mp4",
             np.stack([np.asarray(random_frame(rng)) for _ in range(n)]),
         )
