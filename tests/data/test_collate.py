@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bifit.data.collate import collate_fn
+from bifit.data.collate import collate_expressions, collate_fn
 from bifit.data.synthetic import SyntheticRVOS
 
 
@@ -44,3 +44,19 @@ def test_collate_rejects_malformed_batches():
         collate_fn([(torch.zeros(3, 4, 4), {"caption": "x"})])
     with pytest.raises(ValueError, match="pair"):
         collate_fn([(torch.zeros(1, 3, 4, 4),)])
+
+
+def test_items_with_several_expressions_keep_their_video_once():
+    first = _item(2, 8, 12, "the red circle")
+    second = _item(2, 8, 12, "the square")
+    third = _item(2, 16, 10, "the blue diamond")
+    batch = [(first[0], [first[1], second[1]]), third]
+    videos, captions, targets, caption_videos = collate_expressions(batch)
+    assert len(videos) == 2 and videos[0] is first[0] and videos[1] is third[0]
+    assert captions == ["the red circle", "the square", "the blue diamond"]
+    assert targets[1] is second[1] and targets[2] is third[1]
+    assert caption_videos == [0, 0, 1]
+    with pytest.raises(ValueError, match="collate_expressions"):
+        collate_fn(batch)
+    with pytest.raises(ValueError, match="no target"):
+        collate_expressions([(first[0], [])])

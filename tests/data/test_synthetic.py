@@ -132,6 +132,28 @@ def test_item_format_matches_the_benchmark_datasets():
         assert torch.equal(valid, target["valid"])
 
 
+def test_items_with_several_expressions_refer_to_different_objects_of_one_clip():
+    single = SyntheticRVOS(12, num_frames=3, size=(64, 80), seed=4)
+    several = SyntheticRVOS(12, num_frames=3, size=(64, 80), seed=4, expressions_per_clip=3)
+    counts = []
+    for index in range(12):
+        video, targets = several[index]
+        clip, referred = several.sample_expressions(index)
+        assert isinstance(targets, list) and len(targets) == len(referred) == min(3, len(clip.objects))
+        counts.append(len(targets))
+        objects = [obj for obj, _ in referred]
+        assert len(set(objects)) == len(objects)
+        assert np.array_equal(denormalize_video(video), clip.frames)
+        for target, (obj, expression) in zip(targets, referred):
+            assert target["caption"] == expression and expression in clip.objects[obj].expressions
+            assert torch.equal(target["masks"], torch.from_numpy(clip.objects[obj].masks))
+        # the clip is the one the single-expression dataset shows at this index
+        assert torch.equal(single[index][0], video)
+    assert 2 in counts and 3 in counts
+    with pytest.raises(ValueError, match="expressions_per_clip"):
+        SyntheticRVOS(2, expressions_per_clip=0)
+
+
 def test_single_frame_clips_never_mention_motion():
     dataset = SyntheticRVOS(10, num_frames=1, size=(48, 48), seed=2)
     for index in range(10):

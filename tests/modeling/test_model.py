@@ -165,3 +165,40 @@ def test_chunked_inference_ffn_equals_the_whole_ffn():
     with torch.no_grad():
         chunked = ffn(x, norm)
     torch.testing.assert_close(chunked, whole.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_captions_sharing_a_video_equal_separate_copies_in_outputs_and_gradients(tiny_bert):
+    torch.manual_seed(3)
+    model = bifit.build_model("tiny", text_encoder=str(tiny_bert)).train()
+    _no_dropout(model)
+    videos = torch.randn(2, 2, 3, 64, 64)
+    captions = ["the red circle", "the big square", "a dog"]
+    caption_videos = [0, 0, 1]
+
+    shared = model(videos, captions, caption_videos=caption_videos)
+    loss = sum(shared[k].square().mean() for k in ("pred_logits", "pred_boxes", "pred_masks"))
+    loss.backward()
+    shared_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    copies = model(videos[caption_videos], captions)
+    loss_copies = sum(copies[k].square().mean() for k in ("pred_logits", "pred_boxes", "pred_masks"))
+    loss_copies.backward()
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(shared[key], copies[key], rtol=1e-5, atol=1e-5)
+    for i, (a, b) in enumerate(zip(shared["aux_outputs"], copies["aux_outputs"])):
+        torch.testing.assert_close(a["pred_masks"], b["pred_masks"], rtol=1e-5, atol=1e-5, msg=f"layer {i}")
+    assert any(n.startswith("backbone.") for n in shared_grads)
+    for name, param in model.named_parameters():
+        if name in shared_grads:
+            # float32 sums in another order: equal up to ~5e-5 of the gradient's norm
+            error = (shared_grads[name] - param.grad).norm() / param.grad.norm().clamp_min(1e-12)
+            assert error < 2e-4, (name, float(error))
+
+
+def test_caption_videos_must_name_existing_videos_one_per_caption(model):
+    videos = torch.randn(2, 1, 3, 32, 32)
+    with pytest.raises(ValueError, match="caption_videos"):
+        model(videos, ["a", "b", "c"], caption_videos=[0, 1])
+    with pytest.raises(ValueError, match=r"video_index must hold indices in \[0, 2\)"):
+        model(videos, ["a", "b"], caption_videos=[0, 2])

@@ -72,6 +72,28 @@ def test_max_steps_lr_drop_and_checkpoint_positions(tiny_bert, tmp_path):
     assert result.step == 6
 
 
+def test_several_expressions_per_clip_train_from_one_backbone_pass(tiny_bert, tmp_path, monkeypatch):
+    config = tiny_run_config(tiny_bert, synthetic_samples=4, batch_size=2, epochs=4, expressions_per_clip=3)
+    backbone_frames = []
+    original = bifit.BifitModel.encode_video
+
+    def counting(self, videos, *args, **kwargs):
+        features = original(self, videos, *args, **kwargs)
+        backbone_frames.append(features.layer1.shape[0])
+        return features
+
+    monkeypatch.setattr(bifit.BifitModel, "encode_video", counting)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.step == 8
+    # two clips of two frames per step, however many expressions they carry
+    assert backbone_frames == [4] * 8
+    records = read_metrics(tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert min(r["loss"] for r in records[-2:]) < records[0]["loss"]
+    with pytest.raises(ValueError, match="expressions_per_clip > 1 needs data=synthetic"):
+        config.replace(data="ytvos")
+
+
 def test_existing_run_needs_resume_or_overwrite(tiny_bert, tmp_path):
     config = tiny_run_config(tiny_bert, max_steps=1)
     train(config, tmp_path / "run", progress=False)

@@ -29,7 +29,7 @@ DEFAULT_OUTPUT = Path("bifit_demo")
 # Frames per second of the overlays: the shapes cross the frame in a few frames.
 OVERLAY_FPS = 4.0
 # Overlays are enlarged so that their shorter side is at least this many pixels (the synthetic
-# frames are tiny, e.g. 64 x 96).
+# frames are tiny, e.g. 96 x 128).
 DISPLAY_SHORT_SIDE = 240
 # Height of one line of the legend under the overlay.
 LEGEND_LINE = 16
@@ -109,15 +109,10 @@ def is_demo_bundle(directory: Path) -> bool:
 
 
 def pick_expressions(clip: SyntheticClip, rng: np.random.Generator) -> list[tuple[int, str]]:
-    """One (object index, expression) per object: a number of attributes drawn uniformly among those the
-    object's expressions use, then an expression of that length (as the synthetic training data)."""
-    picked = []
-    for index, obj in enumerate(clip.objects):
-        lengths = sorted({len(d) for d in obj.descriptors})
-        length = lengths[rng.integers(len(lengths))]
-        choices = [i for i, d in enumerate(obj.descriptors) if len(d) == length]
-        picked.append((index, obj.expressions[choices[rng.integers(len(choices))]]))
-    return picked
+    """One (object index, expression) per object, drawn as the synthetic training data draws them."""
+    from ..data.synthetic import pick_expression
+
+    return [(index, pick_expression(rng, obj)) for index, obj in enumerate(clip.objects)]
 
 
 def score_masks(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:

@@ -46,6 +46,7 @@ __all__ = [
     "describe",
     "generate_clip",
     "matches",
+    "pick_expression",
     "render_strip",
     "save_png",
 ]
@@ -562,6 +563,15 @@ def generate_clip(
     )
 
 
+def pick_expression(rng: np.random.Generator, obj: SyntheticObject) -> str:
+    """One expression of ``obj``: a number of attributes drawn uniformly among those its expressions
+    use, then an expression with that many, so short and long expressions are equally common."""
+    lengths = sorted({len(d) for d in obj.descriptors})
+    length = lengths[rng.integers(len(lengths))]
+    choices = [i for i, d in enumerate(obj.descriptors) if len(d) == length]
+    return obj.expressions[choices[rng.integers(len(choices))]]
+
+
 class SyntheticRVOS(Dataset):
     """Synthetic referring clips in the Ref-YouTube-VOS training item format.
 
@@ -573,7 +583,11 @@ class SyntheticRVOS(Dataset):
     then an expression with that many), so short and long expressions are equally common.
 
     An item is ``(video, target)``: video float32 [T, 3, H, W] ImageNet-normalised, target as
-    :func:`bifit.data.targets.build_target` builds it.
+    :func:`bifit.data.targets.build_target` builds it. With ``expressions_per_clip=K > 1`` an item
+    is ``(video, [target, ...])``: K different objects of the clip (all of them when it has fewer),
+    one expression each, drawn as above; training then runs the backbone once for all of them
+    (:func:`bifit.data.collate.collate_expressions`) and learns from expressions that tell apart
+    objects of the same frames.
     """
 
     def __init__(
@@ -582,6 +596,7 @@ class SyntheticRVOS(Dataset):
         num_frames: int = 6,
         size: tuple[int, int] = (96, 128),
         seed: int = 0,
+        expressions_per_clip: int = 1,
         **scene: Any,
     ) -> None:
         """Describe the dataset; clips are generated when items are read.
@@ -591,12 +606,16 @@ class SyntheticRVOS(Dataset):
             num_frames: frames per clip.
             size: ``(H, W)`` of the frames.
             seed: base seed; non-negative.
+            expressions_per_clip: objects referred to per item (see the class docstring).
             **scene: further :class:`SceneConfig` fields (``min_objects``, ``attributes``, ...).
         """
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if expressions_per_clip < 1:
+            raise ValueError(f"expressions_per_clip must be >= 1, got {expressions_per_clip}")
+        self.expressions_per_clip = int(expressions_per_clip)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.epoch = 0
@@ -612,22 +631,28 @@ class SyntheticRVOS(Dataset):
         self.epoch = int(epoch)
 
     def sample(self, index: int) -> tuple[SyntheticClip, int, str]:
-        """The raw clip of item ``index``, the index of the referred object and the expression."""
+        """The raw clip of item ``index``, the index of the referred object and the expression
+        (the first of :meth:`sample_expressions`)."""
+        clip, referred = self.sample_expressions(index)
+        return clip, *referred[0]
+
+    def sample_expressions(self, index: int) -> tuple[SyntheticClip, list[tuple[int, str]]]:
+        """The raw clip of item ``index`` and its ``(object index, expression)`` pairs."""
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.epoch, int(index))))
         clip = generate_clip(rng, self.config)
-        target = int(rng.integers(len(clip.objects)))
-        descriptors = clip.objects[target].descriptors
-        lengths = sorted({len(d) for d in descriptors})
-        length = lengths[rng.integers(len(lengths))]
-        choices = [i for i, d in enumerate(descriptors) if len(d) == length]
-        expression = clip.objects[target].expressions[choices[rng.integers(len(choices))]]
-        return clip, target, expression
+        if self.expressions_per_clip == 1:
+            targets = [int(rng.integers(len(clip.objects)))]
+        else:
+            count = min(self.expressions_per_clip, len(clip.objects))
+            targets = [int(i) for i in rng.choice(len(clip.objects), size=count, replace=False)]
+        return clip, [(target, pick_expression(rng, clip.objects[target])) for target in targets]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        clip, target, expression = self.sample(index)
-        return normalize_frames(clip.frames), build_target(clip.objects[target].masks, expression)
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any] | list[dict[str, Any]]]:
+        clip, referred = self.sample_expressions(index)
+        targets = [build_target(clip.objects[target].masks, expression) for target, expression in referred]
+        return normalize_frames(clip.frames), targets[0] if self.expressions_per_clip == 1 else targets
 
 
 def denormalize_video(video: Tensor) -> np.ndarray:

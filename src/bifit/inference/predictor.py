@@ -601,8 +601,5 @@ class Segmenter:
         [E, t, Q, h/4, w/4] (B = 1 video, so the padded canvas is the resized frame itself).
         """
         with torch.inference_mode():
-            visual = self.model.encode_video(self.preprocess(frames)[None])
-            if len(expressions) > 1:
-                visual = visual.repeat(len(expressions))
-            out = self.model.decode(visual, expressions)
+            out = self.model(self.preprocess(frames)[None], expressions, caption_videos=[0] * len(expressions))
         return {k: out[k].float().cpu() for k in ("pred_logits", "pred_boxes", "pred_masks")}

@@ -90,13 +90,26 @@ class VisualFeatures:
 
     def repeat(self, n: int) -> "VisualFeatures":
         """The same features for n copies of every video, copy-major ([video 0, ..., video B-1] n times)."""
+        return self.select(torch.arange(self.batch_size, device=self.sizes.device).repeat(n))
 
-        def rep(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat(n, *([1] * (x.dim() - 1)))
+    def select(self, video_index: Sequence[int] | torch.Tensor) -> "VisualFeatures":
+        """Features of the videos `video_index` [N] (repeats allowed), in that order.
+
+        Gradients of the copies add up in the shared features, so several expressions of one video
+        can be trained with one backbone pass.
+        """
+        index = torch.as_tensor(video_index, device=self.sizes.device).long().reshape(-1)
+        b, t = self.batch_size, self.num_frames
+        if index.numel() == 0 or (index < 0).any() or (index >= b).any():
+            raise ValueError(f"video_index must hold indices in [0, {b}), got {index.tolist()}")
+        frames = (index[:, None] * t + torch.arange(t, device=index.device)).reshape(-1)
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x.index_select(0, frames.to(x.device))
 
         return VisualFeatures(
-            rep(self.layer1), [rep(s) for s in self.srcs], [rep(m) for m in self.masks],
-            [rep(p) for p in self.pos], rep(self.sizes), self.num_frames,
+            pick(self.layer1), [pick(s) for s in self.srcs], [pick(m) for m in self.masks],
+            [pick(p) for p in self.pos], self.sizes.index_select(0, index), t,
         )
 
 
@@ -291,8 +304,19 @@ class BifitModel(nn.Module):
         *,
         size_divisibility: int = 1,
         valid_indices: Sequence[int] | torch.Tensor | None = None,
+        caption_videos: Sequence[int] | torch.Tensor | None = None,
     ) -> dict:
-        """See the class docstring. `size_divisibility=32` reproduces the official training batching."""
+        """See the class docstring. `size_divisibility=32` reproduces the official training batching.
+
+        `caption_videos` [N] names the video of each of N captions (default: caption i belongs to video
+        i); the backbone then runs once per video however many captions share it, and the outputs
+        have N rows, one per caption.
+        """
         if isinstance(captions, str):
             raise ValueError("captions must be a list of strings, one per video, not a single string")
-        return self.decode(self.encode_video(videos, size_divisibility, valid_indices), captions)
+        visual = self.encode_video(videos, size_divisibility, valid_indices)
+        if caption_videos is not None:
+            if len(caption_videos) != len(captions):
+                raise ValueError(f"got {len(captions)} captions but {len(caption_videos)} caption_videos entries")
+            visual = visual.select(caption_videos)
+        return self.decode(visual, captions)

@@ -55,6 +55,8 @@ class TrainingConfig:
         max_skip: largest offset of the sampled neighbour frames (official 3).
         synthetic_samples: clips per epoch of the synthetic dataset.
         synthetic_size: (H, W) of the synthetic frames.
+        expressions_per_clip: objects referred to per synthetic clip (1, as the official datasets);
+            with more, the backbone runs once per clip for all of them (see `SyntheticRVOS`).
         data_seed: seed of the data (synthetic clips, augmentations); fixed across ranks.
         epochs: number of epochs.
         lr: learning rate of every parameter outside the groups below.
@@ -96,6 +98,7 @@ class TrainingConfig:
     max_skip: int = 3
     synthetic_samples: int = 2000
     synthetic_size: tuple[int, int] = (64, 96)
+    expressions_per_clip: int = 1
     data_seed: int = 0
     epochs: int = 10
     lr: float = 5e-5
@@ -130,7 +133,7 @@ class TrainingConfig:
         if self.amp not in AMP_MODES:
             problems.append(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "keep_last", "size_divisibility",
-                     "synthetic_samples", "max_skip"):
+                     "synthetic_samples", "max_skip", "expressions_per_clip"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("num_workers", "save_every", "seed", "data_seed", "weight_decay", "clip_max_norm"):
@@ -145,6 +148,8 @@ class TrainingConfig:
             problems.append(f"lr_drop must list increasing positive epochs, got {list(self.lr_drop)}")
         if len(self.synthetic_size) != 2 or min(self.synthetic_size) < 32:
             problems.append(f"synthetic_size must be (H, W) with both sides >= 32, got {self.synthetic_size}")
+        if self.expressions_per_clip > 1 and self.data != "synthetic":
+            problems.append(f"expressions_per_clip > 1 needs data=synthetic, got data={self.data!r}")
         if self.size_divisibility % 4:
             problems.append(f"size_divisibility must be a multiple of the mask stride 4, got {self.size_divisibility}")
         if problems:

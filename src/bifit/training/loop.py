@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from ..data.collate import collate_fn
+from ..data.collate import collate_expressions
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import save_pretrained
 from ..modeling.text_encoder import TextEncoder
@@ -87,7 +87,13 @@ def build_train_dataset(config: TrainingConfig) -> Dataset:
     if config.data == "synthetic":
         from ..data.synthetic import SyntheticRVOS
 
-        return SyntheticRVOS(config.synthetic_samples, num_frames=t, size=config.synthetic_size, seed=config.data_seed)
+        return SyntheticRVOS(
+            config.synthetic_samples,
+            num_frames=t,
+            size=config.synthetic_size,
+            seed=config.data_seed,
+            expressions_per_clip=config.expressions_per_clip,
+        )
     if config.data == "jhmdb":
         raise ValueError(
             "JHMDB-Sentences is evaluation-only in the official protocol (the A2D-Sentences model is evaluated "
@@ -452,7 +458,7 @@ def _epoch_batches(
     epoch: int,
     first_step: int,
     dist_info: DistInfo,
-) -> Iterator[tuple[list[torch.Tensor], list[str], list[dict[str, Any]]]]:
+) -> Iterator[tuple[list[torch.Tensor], list[str], list[dict[str, Any]], list[int]]]:
     """This rank's micro-batches of `epoch`, starting after `first_step` optimiser steps."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -463,7 +469,7 @@ def _epoch_batches(
     loader = DataLoader(
         dataset,
         batch_sampler=BatchSampler(sampler, config.batch_size, drop_last=True),
-        collate_fn=collate_fn,
+        collate_fn=collate_expressions,
         num_workers=config.num_workers,
         pin_memory=dist_info.device.type == "cuda",
         generator=generator,
@@ -489,18 +495,19 @@ def _optimizer_step(
     sums: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for micro in range(config.accum_steps):
-        videos, captions, targets = next(batches)
+        videos, captions, targets, caption_videos = next(batches)
         videos = [v.to(device, non_blocking=True) for v in videos]
         targets = [_to_device(t, device) for t in targets]
         valid_indices = None
         if "valid_indices" in targets[0]:  # A2D: only the annotated frame is decoded
             valid_indices = torch.cat([t["valid_indices"] for t in targets])
+        shared = len(captions) > len(videos)  # several expressions per clip share its backbone pass
         # Gradients are all-reduced only on the last pass of the step.
         sync = micro == config.accum_steps - 1 or not isinstance(model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else model.no_sync():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(videos, captions, size_divisibility=config.size_divisibility,
-                                valid_indices=valid_indices)
+                                valid_indices=valid_indices, caption_videos=caption_videos if shared else None)
             losses = criterion(_to_float(outputs), targets)
             loss = losses["loss"]
             if not math.isfinite(loss.item()):
