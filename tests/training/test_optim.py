@@ -86,6 +86,36 @@ def test_optimizer_groups_rates_and_decay(tiny_model):
     )
 
 
+def test_fused_update_on_cpu_equals_the_reference_adamw(tiny_model):
+    config = distinct_rates()
+    optimizer = build_optimizer(tiny_model, config)
+    assert optimizer.defaults["fused"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    start = [p.detach().clone() for p in params]
+    reference_params = [torch.nn.Parameter(p.clone()) for p in start]
+    it = iter(reference_params)
+    reference = torch.optim.AdamW(
+        [{"params": [next(it) for _ in g["params"]], "lr": g["lr"]} for g in optimizer.param_groups],
+        lr=config.lr, weight_decay=config.weight_decay, foreach=False,
+    )
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for _ in range(3):
+            for p, q in zip(params, reference_params):
+                p.grad = torch.randn(p.shape, generator=generator)
+                q.grad = p.grad.clone()
+            optimizer.step()
+            reference.step()
+        for p, q in zip(params, reference_params):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7)
+        assert any(not torch.equal(p.detach(), s) for p, s in zip(params, start))
+    finally:
+        with torch.no_grad():  # the module-scoped model goes back to its initial weights
+            for p, s in zip(params, start):
+                p.copy_(s)
+                p.grad = None
+
+
 def test_a_backbone_trained_from_scratch_trains_whole_with_group_norm(tiny_bert):
     model = bifit.build_model(bifit.get_preset("tiny"), text_encoder=str(tiny_bert))
     groups = {g["name"]: g for g in parameter_groups(model, distinct_rates())}
