@@ -53,7 +53,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, t
     overrides = {
         "data": "synthetic", "synthetic_samples": 8, "synthetic_size": [32, 32], "epochs": 1, "lr": 1e-3,
         "lr_backbone": 1e-3, "lr_text_fusion": 1e-3, "lr_drop": [], "num_workers": 0, "device": "cpu",
-        "disable_dropout": True, "log_every": 1, "seed": 7, "max_steps": 2,
+        "disable_dropout": True, "log_every": 1, "seed": 7, "max_steps": 2, "expressions_per_clip": 1,
     }
     # The released backbone options (frozen batch norm and stem): a trainable stem's near-zero gradients make
     # Adam's first steps flip on rounding noise, which says nothing about DDP.
@@ -73,7 +73,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, t
         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         "-m", "bifit", "train", "--preset", "synthetic_tiny", "--output-dir", str(tmp_path / "ddp"),
         "--text-encoder", str(tiny_bert), "--batch-size", "1", "--no-progress", "--set", "model.num_frames=2",
-        "--set", "model.dropout=0.0", "--set", "model.backbone_norm=frozen_bn", "--set", "model.train_backbone_stem=false",
+        "--set", f"model.num_queries={model.num_queries}", "--set", "model.dropout=0.0", "--set", "model.backbone_norm=frozen_bn", "--set", "model.train_backbone_stem=false",
         *[arg for item in sets for arg in ("--set", item)],
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
