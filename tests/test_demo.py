@@ -149,10 +149,11 @@ def test_demo_segments_the_referred_objects_and_writes_overlays(
         assert gif.n_frames == results["num_frames"] and min(gif.size) >= 240
         video = read_video_file(output / clip["mp4"])
         assert len(video.frames) == results["num_frames"]
-    # Better than answering "nothing" for every expression (which scores only the frames where the object
-    # is absent). The bundled model is under-trained and the target of 0.8 is not reached yet:
-    # see the README's demo section.
-    assert results["J&F"] >= float(np.mean(empty_scores)) + 0.05, (results["J&F"], np.mean(empty_scores))
+    # Far better than answering "nothing" for every expression (which scores only the frames where the
+    # object is absent). The bundled model scores 0.59 on these two clips; the target of 0.8 is
+    # not reached yet: see the README's demo section.
+    assert results["J&F"] >= float(np.mean(empty_scores)) + 0.3, (results["J&F"], np.mean(empty_scores))
+    assert results["J&F"] >= 0.55, results["J&F"]
 
 
 def test_demo_refuses_foreign_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
