@@ -96,12 +96,14 @@ class VisualFeatures:
         """Features of the videos `video_index` [N] (repeats allowed), in that order.
 
         Gradients of the copies add up in the shared features, so several expressions of one video
-        can be trained with one backbone pass.
+        can be trained with one backbone pass. Every video once, in order, returns `self` uncopied.
         """
         index = torch.as_tensor(video_index, device=self.sizes.device).long().reshape(-1)
         b, t = self.batch_size, self.num_frames
         if index.numel() == 0 or (index < 0).any() or (index >= b).any():
             raise ValueError(f"video_index must hold indices in [0, {b}), got {index.tolist()}")
+        if index.numel() == b and torch.equal(index, torch.arange(b, device=index.device)):
+            return self
         frames = (index[:, None] * t + torch.arange(t, device=index.device)).reshape(-1)
 
         def pick(x: torch.Tensor) -> torch.Tensor:

@@ -501,13 +501,12 @@ def _optimizer_step(
         valid_indices = None
         if "valid_indices" in targets[0]:  # A2D: only the annotated frame is decoded
             valid_indices = torch.cat([t["valid_indices"] for t in targets])
-        shared = len(captions) > len(videos)  # several expressions per clip share its backbone pass
         # Gradients are all-reduced only on the last pass of the step.
         sync = micro == config.accum_steps - 1 or not isinstance(model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else model.no_sync():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(videos, captions, size_divisibility=config.size_divisibility,
-                                valid_indices=valid_indices, caption_videos=caption_videos if shared else None)
+                                valid_indices=valid_indices, caption_videos=caption_videos)
             losses = criterion(_to_float(outputs), targets)
             loss = losses["loss"]
             if not math.isfinite(loss.item()):
