@@ -49,14 +49,19 @@ def test_sampler_ranks_together_see_the_single_process_order():
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, tmp_path):
-    # Dropout off: a step is then a deterministic function of the data, on any number of ranks.
+    # Dropout off: a step is then a deterministic function of the data, on any number of ranks. A large
+    # AdamW epsilon: with the default 1e-8 the first steps move each weight by about lr * sign(grad), so a
+    # near-zero gradient that rounds differently with one and two processes (summation order) moves its
+    # weight 2 * lr the other way -- in up to 8% of some tensors, a measure of rounding, not of DDP.
+    # With eps above most gradients' size the update is about proportional to the gradient, and rounding
+    # stays rounding.
     overrides = {
         "data": "synthetic", "synthetic_samples": 8, "synthetic_size": [32, 32], "epochs": 1, "lr": 1e-3,
         "lr_backbone": 1e-3, "lr_text_fusion": 1e-3, "lr_drop": [], "num_workers": 0, "device": "cpu",
         "disable_dropout": True, "log_every": 1, "seed": 7, "max_steps": 2, "expressions_per_clip": 1,
+        "adam_eps": 1e-3,
     }
-    # The released backbone options (frozen batch norm and stem): a trainable stem's near-zero gradients make
-    # Adam's first steps flip on rounding noise, which says nothing about DDP.
+    # The released backbone options (frozen batch norm and stem).
     model = bifit.get_preset("tiny").replace(
         text_encoder=str(tiny_bert), num_frames=2, backbone_norm="frozen_bn", train_backbone_stem=False
     )
@@ -84,18 +89,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, t
     seed_everything(overrides["seed"])
     initial = build_training_model(single_config).state_dict()
     assert a.keys() == b.keys() == initial.keys()
-    # Weights agree to 1e-5 except for rare elements: Adam's first steps move every element by about
-    # lr * sign(grad), so an element whose gradient is ~0 and rounds differently with one and two
-    # processes may move the other way (up to 2 * lr). Such elements must stay a small minority
-    # (measured: ~0.15% of all elements); the logged losses below must agree to 1e-5.
-    far, total, moved = 0, 0, 0
+    # Compare what training changed: with one and with two processes every tensor's update is the same to
+    # 0.1% (a rank that skipped the gradient all-reduce would be off by tens of percent).
+    moved = 0
     for key in a:
-        off = (a[key].float() - b[key].float()).abs() > 1e-5
-        assert off.float().mean().item() < 0.05, key
-        far += int(off.sum())
-        total += off.numel()
-        moved += int(not torch.equal(a[key], initial[key]))
-    assert far < 5e-3 * total, (far, total)
+        one, two = a[key].double() - initial[key].double(), b[key].double() - initial[key].double()
+        # Allowance for storing the weights in float32: a few units in the last place of each weight.
+        storage = 4 * torch.finfo(torch.float32).eps * initial[key].double().norm()
+        assert (one - two).norm() <= 1e-3 * one.norm() + storage, key
+        moved += int(one.norm() > 0)
     assert moved > 100  # training really changed the model
     ranks_lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     single_lines = (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()

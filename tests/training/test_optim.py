@@ -3,6 +3,8 @@ and the training presets against the official options."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import re
 from pathlib import Path
 
@@ -69,7 +71,8 @@ def test_optimizer_groups_rates_and_decay(tiny_model):
     assert {name: g["lr"] for name, g in groups.items()} == {
         "main": 1e-3, "backbone": 2e-3, "text_encoder": 3e-3, "text_fusion": 4e-3, "linear_proj": 5e-4,
     }
-    assert all(g["weight_decay"] == 5e-4 for g in groups.values())
+    assert all(g["weight_decay"] == 5e-4 and g["eps"] == 1e-8 for g in groups.values())
+    assert build_optimizer(tiny_model, replace(distinct_rates(), adam_eps=1e-3)).param_groups[0]["eps"] == 1e-3
     # The frozen text encoder and the frozen stem/layer1 are left out; every trainable tensor is in one group.
     assert groups["text_encoder"]["params"] == []
     by_id = {id(p): name for name, p in tiny_model.named_parameters()}
@@ -177,6 +180,7 @@ def test_overrides_reach_training_and_model_fields():
         (["epochs=two"], "epochs needs an integer"),
         (["lr"], "must look like key=value"),
         (["amp=fp8"], "amp must be one of"),
+        (["adam_eps=0"], "adam_eps must be positive"),
     ]:
         with pytest.raises(ValueError, match=message):
             apply_overrides(get_training_preset("ytvos_r50"), bad)

@@ -66,6 +66,8 @@ class TrainingConfig:
         lr_linear_proj_mult: factor on `lr` for the deformable attention's `sampling_offsets` and
             `reference_points`.
         weight_decay: AdamW weight decay.
+        adam_eps: AdamW's epsilon (official: torch's default 1e-8). A larger value makes the
+            first steps proportional to the gradient instead of about lr x sign(gradient).
         lr_drop: epochs after which every learning rate is multiplied by `lr_gamma` (MultiStepLR
             stepped once per epoch, as the official loop).
         lr_gamma: the drop factor.
@@ -107,6 +109,7 @@ class TrainingConfig:
     lr_text_fusion: float = 5e-5
     lr_linear_proj_mult: float = 1.0
     weight_decay: float = 5e-4
+    adam_eps: float = 1e-8
     lr_drop: tuple[int, ...] = (6, 8)
     lr_gamma: float = 0.1
     clip_max_norm: float = 0.1
@@ -142,6 +145,8 @@ class TrainingConfig:
         for name in ("lr", "lr_backbone", "lr_text_encoder", "lr_text_fusion", "lr_linear_proj_mult", "lr_gamma"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not self.adam_eps > 0:
+            problems.append(f"adam_eps must be positive, got {self.adam_eps}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be at least 1, got {self.max_steps}")
         if list(self.lr_drop) != sorted(self.lr_drop) or any(e < 1 for e in self.lr_drop):

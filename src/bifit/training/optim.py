@@ -71,7 +71,7 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> AdamW:
     groups = parameter_groups(model, config)
     devices = {p.device.type for group in groups for p in group["params"]}
     fused = bool(devices) and devices <= {"cpu", "cuda"}
-    return AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps, fused=fused)
 
 
 def build_scheduler(optimizer: Optimizer, config: TrainingConfig) -> MultiStepLR:
