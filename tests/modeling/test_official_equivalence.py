@@ -3,6 +3,7 @@ tests/fixtures/official_model/README.md): equal to within 1e-4 absolute."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,32 @@ def test_random_bytes_are_called_corrupt_in_one_line(tmp_path):
         bifit.load_official_checkpoint(path, text_encoder=str(TINY_ROBERTA))
     assert "not a readable PyTorch checkpoint" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_fine_tuning_starts_from_an_official_checkpoint(model, reference, tmp_path):
+    """`--init-checkpoint x.pth`: every tensor but the class head comes from the official file; a
+    ReferFormer checkpoint (no BVLI, no IFI) leaves those modules as they were."""
+    from bifit.training.checkpointing import load_init_checkpoint
+
+    fresh = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for value in fresh.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(torch.randn(value.shape, generator=generator))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    state = official_state_dict(reference)
+    bifit_only = ("text_fusion_module.", "poolout_module.", "transformer.decoder.query_encoder_layers.")
+    referformer = {k: v for k, v in state.items() if not k.startswith(bifit_only)}
+    assert len(referformer) < len(state)
+    path = tmp_path / "referformer.pth"
+    torch.save({"model": referformer, "epoch": 5}, path)
+
+    report = load_init_checkpoint(fresh, path)
+    assert report["unexpected"] == []
+    absent = {official_key_to_bifit(k) for k in state if k not in referformer}
+    assert set(report["missing"]) == absent | {k for k in before if k.startswith("class_embed.")}
+    official = model.state_dict()
+    for key, value in fresh.state_dict().items():
+        expected = before[key] if key in report["missing"] else official[key]
+        assert torch.equal(value, expected), key
