@@ -6,7 +6,10 @@ training never sees). Each segment resumes the previous one from its checkpoint,
 comes from one ordinary training run. J and F are `bifit.evaluation.region_similarity` and
 `contour_accuracy`, averaged over the frames of a clip, then over clips; J&F is their mean.
 Inference follows the official one: the query with the highest mean score over frames, its mask
-logits upsampled bilinearly from stride 4, thresholded at 0.5.
+logits upsampled bilinearly from stride 4, thresholded at 0.5. Each evaluation also reports `landed`
+(share of expressions whose mask overlaps the referred object most) and `hedged` (share whose mask
+covers at least half of two or more objects); `stride4_ceiling` is what a perfect stride-4 prediction
+would score on the same clips.
 
     PYTHONPATH=src python benchmarks/bench_train_synthetic.py --output bench_train.json --figure curve.png
 
@@ -36,27 +39,62 @@ from bifit.training import apply_overrides, get_training_preset, train
 HELDOUT_SEED = 1_000_003
 
 
-@torch.no_grad()
-def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[int, int], batch_size: int = 8) -> dict:
-    """Mean J, F and J&F of the model in `model_dir` on `num_clips` held-out synthetic clips."""
-    model = load_pretrained(model_dir)
+def upsample_masks(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Mask logits [T, h, w] at stride 4 -> bool [T, height, width], as the official inference."""
+    up = F.interpolate(logits[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :height, :width]
+    return (up.sigmoid() > 0.5).numpy()
+
+
+def grounding(pred: np.ndarray, objects: list[np.ndarray], referred: int) -> tuple[bool, bool]:
+    """How a predicted clip mask relates to the clip's objects (bool [T, H, W] each).
+
+    Returns (landed, hedged): the mask overlaps the referred object more (IoU over the clip) than any
+    other, and it covers at least half of two or more objects.
+    """
+    ious = [np.logical_and(o, pred).sum() / max(1, np.logical_or(o, pred).sum()) for o in objects]
+    landed = max(ious) > 0 and int(np.argmax(ious)) == referred
+    covered = sum(np.logical_and(o, pred).sum() >= 0.5 * max(1, o.sum()) for o in objects)
+    return bool(landed), covered >= 2
+
+
+def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> dict:
+    """J and F of ideal mask logits at stride 4 (the area share of each 4 x 4 cell, as logits) after the
+    inference upsampling: what the held-out clips allow a perfect model at this resolution."""
     dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
     j_scores, f_scores = [], []
+    for index in range(num_clips):
+        gt = dataset[index][1]["masks"]  # [T, H, W]
+        share = F.avg_pool2d(gt.float()[:, None], 4, ceil_mode=True)[:, 0]
+        pred = upsample_masks(torch.logit(share.clamp(1e-4, 1 - 1e-4)), *gt.shape[-2:])
+        j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt.numpy(), pred)]))
+        f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt.numpy(), pred)]))
+    return {"J": float(np.mean(j_scores)), "F": float(np.mean(f_scores))}
+
+
+@torch.no_grad()
+def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[int, int], batch_size: int = 8) -> dict:
+    """Mean J, F and J&F of the model in `model_dir` on `num_clips` held-out synthetic clips, and the
+    shares of expressions whose mask landed on the referred object or hedged over several."""
+    model = load_pretrained(model_dir)
+    dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
+    j_scores, f_scores, landed, hedged = [], [], [], []
     for start in range(0, num_clips, batch_size):
-        videos, captions, targets = collate_fn([dataset[i] for i in range(start, min(start + batch_size, num_clips))])
+        indices = range(start, min(start + batch_size, num_clips))
+        videos, captions, targets = collate_fn([dataset[i] for i in indices])
         out = model(videos, captions)
         scores = out["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [B, Q]
         best = scores.argmax(dim=1)
-        for b, target in enumerate(targets):
-            h, w = target["masks"].shape[-2:]
-            logits = out["pred_masks"][b, :, best[b]]  # [T, h/4, w/4]
-            up = F.interpolate(logits[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :h, :w]
-            pred = (up.sigmoid() > 0.5).numpy()
+        for b, (index, target) in enumerate(zip(indices, targets)):
+            pred = upsample_masks(out["pred_masks"][b, :, best[b]], *target["masks"].shape[-2:])
             gt = target["masks"].numpy()
             j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
             f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
+            clip, referred, _ = dataset.sample(index)
+            outcome = grounding(pred, [o.masks for o in clip.objects], referred)
+            landed.append(outcome[0])
+            hedged.append(outcome[1])
     j, f = float(np.mean(j_scores)), float(np.mean(f_scores))
-    return {"J": j, "F": f, "J&F": (j + f) / 2}
+    return {"J": j, "F": f, "J&F": (j + f) / 2, "landed": float(np.mean(landed)), "hedged": float(np.mean(hedged))}
 
 
 def read_losses(metrics_path: Path) -> list[dict]:
@@ -118,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "jf_curve": [],
+        "stride4_ceiling": stride4_ceiling(args.eval_clips, config.num_frames, config.synthetic_size),
     }
     train_seconds = 0.0
     step, total = 0, None
