@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from bifit import load_pretrained
 from bifit.data.collate import collate_fn
 from bifit.data.synthetic import SyntheticRVOS
+from bifit.data.targets import build_target, normalize_frames
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.training import apply_overrides, get_training_preset, train
 
@@ -63,11 +64,12 @@ def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> d
     dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
     j_scores, f_scores = [], []
     for index in range(num_clips):
-        gt = dataset[index][1]["masks"]  # [T, H, W]
-        share = F.avg_pool2d(gt.float()[:, None], 4, ceil_mode=True)[:, 0]
+        clip, referred, _ = dataset.sample(index)
+        gt = clip.objects[referred].masks  # bool [T, H, W]
+        share = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], 4, ceil_mode=True)[:, 0]
         pred = upsample_masks(torch.logit(share.clamp(1e-4, 1 - 1e-4)), *gt.shape[-2:])
-        j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt.numpy(), pred)]))
-        f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt.numpy(), pred)]))
+        j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
+        f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
     return {"J": float(np.mean(j_scores)), "F": float(np.mean(f_scores))}
 
 
@@ -79,17 +81,17 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
     dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
     j_scores, f_scores, landed, hedged = [], [], [], []
     for start in range(0, num_clips, batch_size):
-        indices = range(start, min(start + batch_size, num_clips))
-        videos, captions, targets = collate_fn([dataset[i] for i in indices])
+        samples = [dataset.sample(i) for i in range(start, min(start + batch_size, num_clips))]
+        items = [(normalize_frames(c.frames), build_target(c.objects[r].masks, text)) for c, r, text in samples]
+        videos, captions, targets = collate_fn(items)
         out = model(videos, captions)
         scores = out["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [B, Q]
         best = scores.argmax(dim=1)
-        for b, (index, target) in enumerate(zip(indices, targets)):
+        for b, (target, (clip, referred, _)) in enumerate(zip(targets, samples)):
             pred = upsample_masks(out["pred_masks"][b, :, best[b]], *target["masks"].shape[-2:])
             gt = target["masks"].numpy()
             j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
             f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
-            clip, referred, _ = dataset.sample(index)
             outcome = grounding(pred, [o.masks for o in clip.objects], referred)
             landed.append(outcome[0])
             hedged.append(outcome[1])
