@@ -61,9 +61,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, t
         "disable_dropout": True, "log_every": 1, "seed": 7, "max_steps": 2, "expressions_per_clip": 1,
         "adam_eps": 1e-3,
     }
-    # The released backbone options (frozen batch norm and stem).
+    # The released backbone options (frozen batch norm and stem). One query: with several, two queries of
+    # nearly equal matching cost can be matched differently on rounding, which changes the whole gradient.
     model = bifit.get_preset("tiny").replace(
-        text_encoder=str(tiny_bert), num_frames=2, backbone_norm="frozen_bn", train_backbone_stem=False
+        text_encoder=str(tiny_bert), num_frames=2, backbone_norm="frozen_bn", train_backbone_stem=False,
+        num_queries=1,
     )
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     single_config = TrainingConfig(model=model, batch_size=2, **fields)
