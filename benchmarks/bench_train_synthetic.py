@@ -83,13 +83,13 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
     for start in range(0, num_clips, batch_size):
         samples = [dataset.sample(i) for i in range(start, min(start + batch_size, num_clips))]
         items = [(normalize_frames(c.frames), build_target(c.objects[r].masks, text)) for c, r, text in samples]
-        videos, captions, targets = collate_fn(items)
+        videos, captions, _ = collate_fn(items)
         out = model(videos, captions)
         scores = out["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [B, Q]
         best = scores.argmax(dim=1)
-        for b, (target, (clip, referred, _)) in enumerate(zip(targets, samples)):
-            pred = upsample_masks(out["pred_masks"][b, :, best[b]], *target["masks"].shape[-2:])
-            gt = target["masks"].numpy()
+        for b, (clip, referred, _) in enumerate(samples):
+            gt = clip.objects[referred].masks  # bool [T, H, W]
+            pred = upsample_masks(out["pred_masks"][b, :, best[b]], *gt.shape[-2:])
             j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
             f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
             outcome = grounding(pred, [o.masks for o in clip.objects], referred)
