@@ -20,17 +20,24 @@ CORPUS = [
 
 
 def build_tiny_text_encoder(directory: Path, kind: str = "bert") -> Path:
-    """Write a tiny randomly initialised encoder + tokenizer trained on CORPUS into `directory`."""
+    """Write a tiny randomly initialised encoder + tokenizer for CORPUS into `directory`.
+
+    Both are the same in every process (seeded weights; a WordPiece vocabulary listed rather than trained,
+    as the WordPiece trainer breaks ties differently from run to run), so a failure reproduces.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "bert":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        words = sorted({word for sentence in CORPUS for word in sentence.lower().split()})
+        letters = sorted({letter for word in words for letter in word})
+        # dict.fromkeys: one-letter words ("a") are also letters.
+        vocab = dict.fromkeys(specials + words + letters + [f"##{letter}" for letter in letters])
+        tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok.train_from_iterator(CORPUS * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
         )
@@ -42,7 +49,7 @@ def build_tiny_text_encoder(directory: Path, kind: str = "bert") -> Path:
             vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=32, pad_token_id=tok.token_to_id("[PAD]"),
         )
-        model = BertModel(config)
+        model_class = BertModel
     else:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -60,7 +67,10 @@ def build_tiny_text_encoder(directory: Path, kind: str = "bert") -> Path:
             vocab_size=tok.get_vocab_size(), hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=40, pad_token_id=1,
         )
-        model = RobertaModel(config)
+        model_class = RobertaModel
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = model_class(config)
     fast.save_pretrained(directory)
     model.save_pretrained(directory)
     return directory
