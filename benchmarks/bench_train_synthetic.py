@@ -8,8 +8,10 @@ comes from one ordinary training run. J and F are `bifit.evaluation.region_simil
 Inference follows the official one: the query with the highest mean score over frames, its mask
 logits upsampled bilinearly from stride 4, thresholded at 0.5. Each evaluation also reports `landed`
 (share of expressions whose mask overlaps the referred object most) and `hedged` (share whose mask
-covers at least half of two or more objects); `stride4_ceiling` is what a perfect stride-4 prediction
-would score on the same clips.
+covers at least half of two or more objects), and `landed_alone`: for the expressions that state a single
+attribute ("the circle", "the shape moving left"), the landed share per attribute (colour, shape, size,
+position, motion), which tells what the model has learnt to ground. `stride4_ceiling` is what a perfect
+stride-4 prediction would score on the same clips.
 
     PYTHONPATH=src python benchmarks/bench_train_synthetic.py --output bench_train.json --figure curve.png
 
@@ -58,6 +60,16 @@ def grounding(pred: np.ndarray, objects: list[np.ndarray], referred: int) -> tup
     return bool(landed), covered >= 2
 
 
+def attribute_kind(clip_object, expression: str) -> str | None:
+    """The attribute an expression of `clip_object` states when it states only one (vertical and
+    horizontal extremes count as "position"), else None."""
+    descriptor = clip_object.descriptors[clip_object.expressions.index(expression)]
+    if len(descriptor) != 1:
+        return None
+    name = descriptor[0][0]
+    return "position" if name in ("vertical", "horizontal") else name
+
+
 def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> dict:
     """J and F of ideal mask logits at stride 4 (the area share of each 4 x 4 cell, as logits) after the
     inference upsampling: what the held-out clips allow a perfect model at this resolution."""
@@ -75,11 +87,13 @@ def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> d
 
 @torch.no_grad()
 def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[int, int], batch_size: int = 8) -> dict:
-    """Mean J, F and J&F of the model in `model_dir` on `num_clips` held-out synthetic clips, and the
-    shares of expressions whose mask landed on the referred object or hedged over several."""
+    """Mean J, F and J&F of the model in `model_dir` on `num_clips` held-out synthetic clips, the shares
+    of expressions whose mask landed on the referred object or hedged over several, and the landed
+    share of single-attribute expressions per attribute (`landed_alone`)."""
     model = load_pretrained(model_dir)
     dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
     j_scores, f_scores, landed, hedged = [], [], [], []
+    landed_alone: dict[str, list[bool]] = {}
     for start in range(0, num_clips, batch_size):
         samples = [dataset.sample(i) for i in range(start, min(start + batch_size, num_clips))]
         items = [(normalize_frames(c.frames), build_target(c.objects[r].masks, text)) for c, r, text in samples]
@@ -87,7 +101,7 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
         out = model(videos, captions)
         scores = out["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [B, Q]
         best = scores.argmax(dim=1)
-        for b, (clip, referred, _) in enumerate(samples):
+        for b, (clip, referred, text) in enumerate(samples):
             gt = clip.objects[referred].masks  # bool [T, H, W]
             pred = upsample_masks(out["pred_masks"][b, :, best[b]], *gt.shape[-2:])
             j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
@@ -95,8 +109,14 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
             outcome = grounding(pred, [o.masks for o in clip.objects], referred)
             landed.append(outcome[0])
             hedged.append(outcome[1])
+            kind = attribute_kind(clip.objects[referred], text)
+            if kind is not None:
+                landed_alone.setdefault(kind, []).append(outcome[0])
     j, f = float(np.mean(j_scores)), float(np.mean(f_scores))
-    return {"J": j, "F": f, "J&F": (j + f) / 2, "landed": float(np.mean(landed)), "hedged": float(np.mean(hedged))}
+    return {
+        "J": j, "F": f, "J&F": (j + f) / 2, "landed": float(np.mean(landed)), "hedged": float(np.mean(hedged)),
+        "landed_alone": {kind: float(np.mean(v)) for kind, v in sorted(landed_alone.items())},
+    }
 
 
 def read_losses(metrics_path: Path) -> list[dict]:

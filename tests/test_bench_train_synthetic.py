@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bifit
+from bifit.data.synthetic import SceneConfig, generate_clip
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_synthetic.py"
 
@@ -52,6 +53,24 @@ def test_evaluate_jf_scores_a_saved_model(bench, tiny_bert, tmp_path):
     model = bifit.build_model(bifit.get_preset("tiny", num_queries=1), text_encoder=str(tiny_bert))
     bifit.save_pretrained(model, tmp_path / "model")
     scores = bench.evaluate_jf(tmp_path / "model", num_clips=3, num_frames=2, size=(64, 96), batch_size=2)
+    alone = scores.pop("landed_alone")
     assert set(scores) == {"J", "F", "J&F", "landed", "hedged"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores["J&F"] == pytest.approx((scores["J"] + scores["F"]) / 2)
+    assert set(alone) <= {"colour", "shape", "size", "position", "motion"}
+    assert all(0.0 <= v <= 1.0 for v in alone.values())
+
+
+def test_attribute_kind_names_the_one_attribute_an_expression_states(bench):
+    clip = generate_clip(np.random.default_rng(11), SceneConfig(num_frames=3, size=(64, 96)))
+    kinds = {}
+    for obj in clip.objects:
+        for expression, descriptor in zip(obj.expressions, obj.descriptors):
+            kind = bench.attribute_kind(obj, expression)
+            if len(descriptor) > 1:
+                assert kind is None
+            else:
+                name = descriptor[0][0]
+                assert kind == ("position" if name in ("vertical", "horizontal") else name)
+                kinds[expression] = kind
+    assert kinds, "the clip should hold single-attribute expressions"
