@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bifit
-from bifit.data.synthetic import SceneConfig, generate_clip
+from bifit.data.synthetic import COLOURS, SceneConfig, generate_clip
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_synthetic.py"
 
@@ -61,16 +61,28 @@ def test_evaluate_jf_scores_a_saved_model(bench, tiny_bert, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in alone.values())
 
 
+def expected_kind(expression: str) -> str | None:
+    """The attribute a single-attribute expression states, read from its words."""
+    words = expression.split()
+    if len(words) == 2:
+        return "shape"  # "the circle"
+    if len(words) == 3 and words[2] == "shape":
+        return "colour" if words[1] in COLOURS else "size" if words[1] in ("small", "big") else None
+    rest = words[2:] if words[:2] == ["the", "shape"] else []
+    if len(rest) == 2 and rest[0] in ("moving", "standing"):
+        return "motion"
+    if len(rest) == 3 and rest[:2] in (["at", "the"], ["on", "the"]):
+        return "position"  # "at the top left" states two attributes
+    return None
+
+
 def test_attribute_kind_names_the_one_attribute_an_expression_states(bench):
-    clip = generate_clip(np.random.default_rng(11), SceneConfig(num_frames=3, size=(64, 96)))
-    kinds = {}
-    for obj in clip.objects:
-        for expression, descriptor in zip(obj.expressions, obj.descriptors):
-            kind = bench.attribute_kind(obj, expression)
-            if len(descriptor) > 1:
-                assert kind is None
-            else:
-                name = descriptor[0][0]
-                assert kind == ("position" if name in ("vertical", "horizontal") else name)
-                kinds[expression] = kind
-    assert kinds, "the clip should hold single-attribute expressions"
+    seen = set()
+    for seed in range(12):
+        clip = generate_clip(np.random.default_rng(seed), SceneConfig(num_frames=3, size=(64, 96)))
+        for obj in clip.objects:
+            for expression in obj.expressions:
+                kind = bench.attribute_kind(obj, expression)
+                assert kind == expected_kind(expression), expression
+                seen.add(kind)
+    assert seen == {None, "colour", "shape", "size", "position", "motion"}
