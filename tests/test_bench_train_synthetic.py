@@ -3,9 +3,6 @@ ceiling and the evaluation of a saved model."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,15 +10,12 @@ import torch
 import bifit
 from bifit.data.synthetic import COLOURS, SceneConfig, generate_clip
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_synthetic.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_synthetic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_train_synthetic")
 
 
 def box(t: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import bifit
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_backbone_attributes.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_backbone_attributes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("probe_backbone_attributes")
 
 
 def test_linear_probe_reads_a_linear_attribute_and_not_noise(probe):
