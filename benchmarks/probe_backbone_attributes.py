@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from bifit import load_pretrained
 from bifit.data.synthetic import SyntheticRVOS
+from bifit.modeling.bifit import BifitModel
+from bifit.modeling.checkpoint import CheckpointError, read_pretrained_config
 from bifit.data.targets import normalize_frames
 
 ATTRIBUTES = ("colour", "shape", "size")
@@ -31,11 +33,10 @@ LEVELS = {"stride4": 4, "stride8": 8, "stride16": 16, "stride32": 32}
 
 
 @torch.no_grad()
-def object_features(model_dir: Path, num_clips: int, num_frames: int, size: tuple[int, int], seed: int):
-    """Features [N, C] per level at the centres of the fully visible objects of frame 0, and their
-    attribute values (N each)."""
-    model = load_pretrained(model_dir).eval()
-    dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=seed)
+def object_features(model: BifitModel, num_clips: int, size: tuple[int, int], seed: int):
+    """Features [N, C] per level at the centres of the fully visible objects of frame 0 of clips as long
+    as the model's training clips, and their attribute values (N each)."""
+    dataset = SyntheticRVOS(num_clips, num_frames=model.config.num_frames, size=size, seed=seed)
     features: dict[str, list[np.ndarray]] = {level: [] for level in LEVELS}
     labels: dict[str, list[str]] = {name: [] for name in ATTRIBUTES}
     for index in range(num_clips):
@@ -94,9 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = json.loads((args.model_dir / "config.json").read_text())
-    size = tuple(args.size or config.get("demo", {}).get("frame_size", (96, 128)))
-    features, labels = object_features(args.model_dir, args.clips, config["model"]["num_frames"], size, args.seed)
+    try:
+        model = load_pretrained(args.model_dir)
+        demo = read_pretrained_config(args.model_dir).get("demo", {})
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = tuple(args.size or demo.get("frame_size", (96, 128)))
+    features, labels = object_features(model, args.clips, size, args.seed)
     result = {
         "model_dir": str(args.model_dir),
         "clips": args.clips,

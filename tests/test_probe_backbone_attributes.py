@@ -35,12 +35,11 @@ def test_linear_probe_needs_objects_on_both_sides(probe):
         probe.linear_probe(np.zeros((1, 4), dtype=np.float32), ["a"])
 
 
-def test_object_features_read_every_level_at_the_visible_objects(probe, tiny_bert, tmp_path):
+def test_object_features_read_every_level_at_the_visible_objects(probe, tiny_bert):
     torch.manual_seed(0)
     config = bifit.get_preset("tiny", num_queries=1, num_frames=2)
     model = bifit.build_model(config, text_encoder=str(tiny_bert))
-    bifit.save_pretrained(model, tmp_path / "model")
-    features, labels = probe.object_features(tmp_path / "model", num_clips=3, num_frames=2, size=(64, 96), seed=1)
+    features, labels = probe.object_features(model.eval(), num_clips=3, size=(64, 96), seed=1)
     count = len(labels["shape"])
     assert count > 0 and all(len(values) == count for values in labels.values())
     assert set(features) == set(probe.LEVELS)
@@ -48,3 +47,9 @@ def test_object_features_read_every_level_at_the_visible_objects(probe, tiny_ber
     for level, x in features.items():
         assert x.shape == (count, channels[level])
         assert np.isfinite(x).all()
+
+
+def test_probe_names_a_missing_model_directory(probe, tmp_path, capsys):
+    assert probe.main([str(tmp_path / "nowhere"), "--output", str(tmp_path / "probe.json")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "probe.json").exists()
