@@ -11,7 +11,7 @@ from . import __version__
 
 # Imported lazily by name so that `bifit --help` stays fast and a subcommand's optional
 # dependencies are needed only when it runs.
-COMMANDS = ["demo", "segment", "train", "predict", "evaluate", "data", "convert", "app"]
+COMMANDS = ["demo", "segment", "train", "pretrain_backbone", "predict", "evaluate", "data", "convert", "app"]
 
 
 class CommandError(Exception):
