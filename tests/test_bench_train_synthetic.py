@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bifit
-from bifit.data.synthetic import COLOURS, SceneConfig, generate_clip
+from bifit.data.synthetic import COLOURS, ObjectAttributes, SceneConfig, SyntheticClip, SyntheticObject, generate_clip
 
 from benchmark_scripts import load_benchmark
 
@@ -48,7 +48,10 @@ def test_evaluate_jf_scores_a_saved_model(bench, tiny_bert, tmp_path):
     bifit.save_pretrained(model, tmp_path / "model")
     scores = bench.evaluate_jf(tmp_path / "model", num_clips=3, num_frames=2, size=(64, 96), batch_size=2)
     alone = scores.pop("landed_alone")
+    by_direction = scores.pop("by_direction")
     assert set(scores) == {"J", "F", "J&F", "landed", "hedged"}
+    assert set(by_direction) <= {"needs_direction", "other"} and by_direction
+    assert sum(part["share"] for part in by_direction.values()) == pytest.approx(1.0)
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores["J&F"] == pytest.approx((scores["J"] + scores["F"]) / 2)
     assert set(alone) <= {"colour", "shape", "size", "position", "motion"}
@@ -80,3 +83,37 @@ def test_attribute_kind_names_the_one_attribute_an_expression_states(bench):
                 assert kind == expected_kind(expression), expression
                 seen.add(kind)
     assert seen == {None, "colour", "shape", "size", "position", "motion"}
+
+
+def _object(shape, colour, motion, expressions):
+    attributes = ObjectAttributes(colour, shape, "big", motion, None, None)
+    empty = np.zeros((2, 8, 8), dtype=bool)
+    descriptors = tuple(tuple(d) for d in expressions.values())
+    return SyntheticObject(
+        attributes, empty, np.zeros((2, 4), np.float32), np.ones(2, np.int32), np.ones(2, np.float32),
+        tuple(expressions), descriptors, 0,
+    )
+
+
+def test_needs_direction_marks_only_what_the_direction_alone_resolves(bench):
+    left = _object("circle", "red", "left", {
+        "the circle moving left": [("shape", "circle"), ("motion", "left")],
+        "the shape moving left": [("motion", "left")],
+    })
+    right = _object("circle", "red", "right", {
+        "the red circle moving right": [("colour", "red"), ("shape", "circle"), ("motion", "right")],
+    })
+    still = _object("square", "blue", "still", {
+        "the shape standing still": [("motion", "still")],
+        "the blue shape": [("colour", "blue")],
+    })
+    rising = _object("triangle", "green", "up", {"the triangle moving up": [("shape", "triangle"), ("motion", "up")]})
+    clip = SyntheticClip(np.zeros((2, 8, 8, 3), np.uint8), (left, right, still))
+    assert bench.needs_direction(clip, 0, "the circle moving left")
+    assert bench.needs_direction(clip, 0, "the shape moving left")
+    assert bench.needs_direction(clip, 1, "the red circle moving right")
+    assert not bench.needs_direction(clip, 2, "the shape standing still")
+    assert not bench.needs_direction(clip, 2, "the blue shape")
+    # The only moving object: "moving" is enough, whichever way.
+    alone = SyntheticClip(np.zeros((2, 8, 8, 3), np.uint8), (still, rising))
+    assert not bench.needs_direction(alone, 1, "the triangle moving up")

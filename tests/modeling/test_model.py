@@ -62,6 +62,22 @@ def test_batching_does_not_change_each_videos_result(model):
                 torch.testing.assert_close(both[key][i], single[key][0], atol=2e-5, rtol=1e-4)
 
 
+def test_the_model_cannot_see_frame_order(model):
+    # BIFIT, as released, has no temporal position: the backbone, BVLI and the encoder work per frame,
+    # and IFI and the cross-modal FPN attend over a clip's frames with position encodings that carry no
+    # frame index. Shuffling the frames shuffles the outputs and changes nothing else, so no model of
+    # this architecture can tell "moving left" from "moving right" (the README's demo section).
+    torch.manual_seed(2)
+    videos = torch.randn(1, 4, 3, 64, 64)
+    captions = ["the circle moving left"]
+    with torch.no_grad():
+        out = model(videos, captions)
+        for order in ([3, 2, 1, 0], [2, 0, 3, 1]):
+            shuffled = model(videos[:, order], captions)
+            for key in out:
+                torch.testing.assert_close(shuffled[key], out[key][:, order], atol=2e-5, rtol=1e-4)
+
+
 def test_training_mode_returns_aux_outputs_and_eval_masks_equal_the_last_layer(model):
     model_copy = bifit.build_model("tiny", text_encoder=model.text_encoder.source)
     model_copy.load_state_dict(model.state_dict())
