@@ -5,10 +5,10 @@
 #   bash scripts/train_demo_model.sh [RUN_DIR]
 #
 # 1. pretrains the recipe's ResNet-18 on synthetic frames (per-pixel shape, colour and size; `bifit
-#    pretrain-backbone`, about 11 minutes on two idle cores), the stand-in for the ImageNet backbone of
+#    pretrain-backbone`, about 12 minutes on two idle cores), the stand-in for the ImageNet backbone of
 #    the official recipe; skipped when RUN_DIR/backbone.pth exists;
 # 2. trains the `synthetic_tiny` recipe from that backbone with the project's own `bifit train`, for
-#    longer than the preset's 10-minute schedule (3000 steps, about 35 minutes on two idle cores); an
+#    longer than the preset's 10-minute schedule (3000 steps, about 30 minutes on two idle cores); an
 #    interrupted run in RUN_DIR is resumed from its last checkpoint;
 # 3. checks it with `bifit demo` on the run's final model;
 # 4. packs final/ into the bundle (text encoder left out, int8 weights; see bifit/assets/__init__.py);

@@ -1,5 +1,6 @@
 """Backbone pretraining on synthetic attribute labels: labels, learning, the saved file, the command."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,9 +14,8 @@ from bifit.training.backbone_pretraining import (
     BackbonePretrainingConfig,
     attribute_labels,
     pretrain_backbone,
-    save_backbone,
 )
-from bifit.training.checkpointing import load_backbone_weights
+from bifit.training.checkpointing import atomic_save, load_backbone_weights
 
 
 def test_labels_give_every_visible_pixel_its_objects_attributes():
@@ -50,7 +50,7 @@ def test_pretraining_lowers_the_loss_and_yields_loadable_torchvision_weights(tin
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert "conv1.weight" in state and "layer4.1.conv2.weight" in state and not any(k.startswith("fc.") for k in state)
     model = bifit.build_model(model_config, text_encoder=str(tiny_bert))
-    load_backbone_weights(model, save_backbone(state, tmp_path / "backbone.pth"))
+    load_backbone_weights(model, atomic_save(state, tmp_path / "backbone.pth"))
     for key, value in model.backbone.body.state_dict().items():
         assert torch.equal(value, state[key]), key
 
@@ -61,7 +61,7 @@ def test_pretraining_is_a_function_of_its_seed_and_leaves_the_global_rng_alone()
     first = pretrain_backbone(bifit.get_preset("tiny"), config)
     assert torch.equal(torch.get_rng_state(), rng)
     second = pretrain_backbone(bifit.get_preset("tiny"), config)
-    other = pretrain_backbone(bifit.get_preset("tiny"), BackbonePretrainingConfig(**{**config.__dict__, "seed": 5}))
+    other = pretrain_backbone(bifit.get_preset("tiny"), dataclasses.replace(config, seed=5))
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
 

@@ -10,6 +10,7 @@ The stand-in for an ImageNet backbone on the synthetic clips (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..training.backbone_pretraining import BackbonePretrainingConfig, pretrain_backbone, save_backbone
+    from ..training.backbone_pretraining import BackbonePretrainingConfig, pretrain_backbone
+    from ..training.checkpointing import atomic_save
     from ..training.config import get_training_preset
     from ..training.distributed import resolve_device
 
@@ -76,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
         state = pretrain_backbone(training.model, config, device=resolve_device(args.device), on_step=on_step)
     finally:
         bar.close()
-    save_backbone(state, output)
+    atomic_save(state, output)
     summary = {
         "preset": args.preset,
         "backbone": training.model.backbone,
         "norm": training.model.backbone_norm,
-        "config": {**config.__dict__, "size": list(config.size)},
+        "config": {**dataclasses.asdict(config), "size": list(config.size)},
         "minutes": round((time.time() - start) / 60, 2),
         "last_step": {k: round(v, 4) for k, v in last.items()},
     }

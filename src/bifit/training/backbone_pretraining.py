@@ -2,8 +2,8 @@
 
 The official BIFIT starts from an ImageNet-trained ResNet. Without network access there is no such
 file here, and a backbone trained from scratch inside the referring task learns colour, size and
-position quickly but shape hardly at all: these attributes already explain most of the loss, and
-the gradient reaching the backbone through the transformer is weak. This stage stands in for
+position quickly but shape hardly at all (a linear probe of its stride-8 features reads colour and
+size 99% of the time, shape 59%; `benchmarks/probe_backbone_attributes.py`). This stage stands in for
 ImageNet pretraining on the synthetic domain: a 1 x 1 classifier on each of the stages the
 transformer reads (strides 8, 16 and 32) labels every pixel with the shape, colour and size of
 the object it belongs to (or background). The result is a torchvision-format state dict that
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -33,11 +33,12 @@ __all__ = [
     "attribute_labels",
     "attribute_loss",
     "pretrain_backbone",
-    "save_backbone",
 ]
 
 # Label spaces, in the order of `attribute_labels`; class 0 is the background in each.
-ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
+ATTRIBUTE_CLASSES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
+)
 # The transformer reads layer2..layer4; layer1 only feeds the mask head's FPN.
 _SUPERVISED_STAGES = (1, 2, 3)
 _LABEL_STRIDE = 4
@@ -195,9 +196,3 @@ def pretrain_backbone(
             on_step(step, loss.item(), accuracy)
     return {k: v.detach().cpu() for k, v in backbone.body.state_dict().items()}
 
-
-def save_backbone(state: dict[str, Tensor], path: str | Path) -> Path:
-    """Write a backbone state dict atomically (temporary file, fsync, rename)."""
-    from .checkpointing import atomic_save
-
-    return atomic_save(state, path)
