@@ -28,6 +28,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from bifit import load_pretrained
 from bifit.data.collate import collate_fn
-from bifit.data.synthetic import DIRECTIONS, SyntheticRVOS
+from bifit.data.synthetic import DIRECTIONS, SyntheticRVOS, matches
 from bifit.data.targets import build_target, normalize_frames
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.training import apply_overrides, get_training_preset, train
@@ -83,11 +84,11 @@ def needs_direction(clip, referred: int, expression: str) -> bool:
     if not any(name == "motion" and value in DIRECTIONS for name, value in descriptor):
         return False
 
-    def blind(name: str, value: str) -> str:
-        return "moving" if name == "motion" and value in DIRECTIONS else value
+    def blind(motion: str) -> str:
+        return "moving" if motion in DIRECTIONS else motion
 
-    stated = [(name, blind(name, value)) for name, value in descriptor]
-    fitting = [o for o in clip.objects if all(blind(n, getattr(o.attributes, n)) == v for n, v in stated)]
+    stated = tuple((name, blind(value) if name == "motion" else value) for name, value in descriptor)
+    fitting = [o for o in clip.objects if matches(replace(o.attributes, motion=blind(o.attributes.motion)), stated)]
     return len(fitting) > 1
 
 

@@ -84,6 +84,12 @@ def test_command_writes_weights_and_summary_and_never_overwrites_unasked(tmp_pat
     assert main([*args, "--seed", "9", "--overwrite"]) == 0
     assert output.read_bytes() != written
 
+    lone_summary = tmp_path / "other.pth.json"
+    lone_summary.write_text("{}")
+    assert main(["pretrain-backbone", "--output", str(tmp_path / "other.pth"), "--steps", "1"]) == 2
+    assert f"{lone_summary} already exists" in capsys.readouterr().err
+    assert lone_summary.read_text() == "{}" and not (tmp_path / "other.pth").exists()
+
     assert main(["pretrain-backbone", "--output", str(tmp_path), "--steps", "1"]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main(["pretrain-backbone", "--output", str(tmp_path / "x.pth"), "--steps", "0"]) == 2

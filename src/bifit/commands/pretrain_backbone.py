@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     summary_path = output.with_name(output.name + ".json")
     if output.is_dir():
         raise ValueError(f"--output must be a file path, {output} is a directory")
-    if not args.overwrite and (output.exists() or summary_path.exists()):
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+    existing = [p for p in (output, summary_path) if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
     training = get_training_preset(args.preset)
     config = BackbonePretrainingConfig(
         steps=args.steps,
