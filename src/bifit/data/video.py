@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bifit.data.names import safe_name
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".gif"})
 
@@ -163,7 +165,9 @@ class VideoFrameCache:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _disk_path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{safe_name(key, 'frame cache key')}.npy"
 
     def get(self, key: str, video_path: str | os.PathLike[str]) -> np.ndarray:
         """uint8 [T, H, W, 3] frames of ``video_path``, cached under ``key``.

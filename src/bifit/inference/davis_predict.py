@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bifit.data.davis import NUM_ANNOTATIONS
+from bifit.data.names import inside
 from bifit.data.ytvos import EvalVideo
 from bifit.evaluation import average_global_results, davis_csv_texts, evaluate_davis
 from bifit.inference.benchmarks import (
@@ -121,7 +122,7 @@ def predict_davis(
             )
         num_objects = len(video.expressions) // NUM_ANNOTATIONS
         palette = _palette_of(video)
-        folders = [split_dir / f"anno_{k}" / video.video for k in range(NUM_ANNOTATIONS)]
+        folders = [inside(split_dir, split_dir / f"anno_{k}" / video.video) for k in range(NUM_ANNOTATIONS)]
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
         captions = [e.text for e in video.expressions]

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bifit.data.names import inside
 from bifit.data.ytvos import EvalVideo, read_id_map
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.inference.benchmarks import (
@@ -96,7 +97,7 @@ def predict_ytvos(
             pred = segment_clip(model, frames, captions, expressions_per_pass)
             for e, expression in enumerate(video.expressions):
                 masks = (upsample_logits(pred.mask_logits[e], size).sigmoid() > MASK_THRESHOLD).cpu().numpy()
-                folder = split_dir / video.video / expression.exp_id
+                folder = inside(split_dir, split_dir / video.video / expression.exp_id)
                 folder.mkdir(parents=True, exist_ok=True)
                 for t, mask in zip(clip, masks, strict=True):
                     save_mask_png(mask, folder / f"{video.frame_names[t]}.png")
@@ -118,18 +119,21 @@ def write_submission_zip(
 
     Raises:
         FileNotFoundError: a PNG of some expression is missing (the server rejects partial zips).
+        UnsafeNameError: a PNG path resolves outside ``split_dir`` (a ``..`` id or a link out of it).
     """
     split_dir, zip_path = Path(split_dir), Path(zip_path)
     files = expected_pngs(videos)
-    missing = [f for f in files if not (split_dir / f).is_file()]
+    # Names are checked when the videos are read; this also catches links out of split_dir.
+    paths = [inside(split_dir, split_dir / f) for f in files]
+    missing = [f for f, path in zip(files, paths) if not path.is_file()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} prediction PNG(s) missing under {split_dir}, e.g. {missing[0]}; run the prediction first"
         )
     tmp = zip_path.with_name(f".{zip_path.name}.partial")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for f in files:
-            archive.write(split_dir / f, (Path("Annotations") / f).as_posix())
+        for f, path in zip(files, paths):
+            archive.write(path, (Path("Annotations") / f).as_posix())
     os.replace(tmp, zip_path)
     return zip_path
 
