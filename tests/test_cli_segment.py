@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,76 @@ def test_checkpoints_of_the_wrong_kind_fail_with_one_clear_message(checkpoint, f
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def _earlier_run(checkpoint, frames, world: Path) -> tuple[list[str], Path]:
+    """A finished `bifit segment` run in world/out, beside a file of the user's (world/keep.txt) and with one
+    of the user's own files inside out (out/notes.txt)."""
+    image = world / "photo.png"
+    world.mkdir()
+    Image.fromarray(frames[0]).save(image)
+    (world / "keep.txt").write_text("the parent's own file")
+    out = world / "out"
+    args = ["segment", str(image), "-c", str(checkpoint), "-o", str(out), *FAST]
+    assert main(args + ["-t", "a dog"]) == 0
+    (out / "notes.txt").write_text("mine")
+    return args, out
+
+
+@pytest.mark.parametrize("directory", ["..", "", "a/../..", "/ABSOLUTE", "notes.txt", "victim", "../keep.txt"])
+def test_overwrite_never_removes_what_a_tampered_summary_names(checkpoint, frames, tmp_path, directory):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    victim = tmp_path / "victim"  # a folder of the user's, outside, and one of the same name inside out
+    victim.mkdir()
+    (victim / "precious.txt").write_text("outside")
+    (out / "victim").mkdir()
+    (out / "victim" / "precious.txt").write_text("inside")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["expressions"][0]["directory"] = directory.replace("/ABSOLUTE", str(victim))
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(args + ["-t", "the red circle", "--overwrite"]) == 0
+    assert (world / "keep.txt").read_text() == "the parent's own file"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (victim / "precious.txt").read_text() == "outside"
+    assert (out / "victim" / "precious.txt").read_text() == "inside"
+    # The earlier run's folder is no longer listed by the summary, so it is not replaced either.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0_a_dog", "0_the_red_circle", "notes.txt", "overlay.gif", "overlay.mp4", "summary.json", "victim"
+    ]
+
+
+def test_overwrite_removes_links_as_links_and_never_follows_them(checkpoint, frames, tmp_path):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "00000.png").write_text("not a mask of ours")
+    (outside / "masks").mkdir()
+    (outside / "masks" / "photo.png").write_text("nor this")
+    (out / "1_a_cat").symlink_to(outside, target_is_directory=True)
+    shutil.rmtree(out / "0_a_dog" / "masks")
+    (out / "0_a_dog" / "masks").symlink_to(outside, target_is_directory=True)
+    (out / "overlay.gif").unlink()
+    (out / "overlay.gif").symlink_to(outside / "00000.png")
+    assert main(args + ["-t", "a dog", "-t", "a cat", "--overwrite"]) == 0
+    assert (outside / "00000.png").read_text() == "not a mask of ours"
+    assert (outside / "masks" / "photo.png").read_text() == "nor this"
+    for entry in ["0_a_dog", "0_a_dog/masks", "1_a_cat", "overlay.gif"]:
+        assert not (out / entry).is_symlink()
+    assert sorted(p.name for p in (out / "1_a_cat" / "masks").iterdir()) == ["photo.png"]
+
+
+@pytest.mark.parametrize("foreign", ["0_a_dog/my_notes.txt", "0_a_dog/masks/keep.jpg", "0_a_dog/masks/sub/x.png"])
+def test_overwrite_refuses_to_remove_a_folder_holding_the_users_files(checkpoint, frames, tmp_path, capsys, foreign):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("mine too")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(args + ["-t", "a dog", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an output of bifit segment" in err and str(out / foreign.split("/x.png")[0]) in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / foreign).read_text() == "mine too"
