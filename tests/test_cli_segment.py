@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from media import write_video
+from media import png_header_only, write_video
 import bifit
 from bifit.cli import main
 from bifit.commands.segment import slugify
@@ -119,6 +119,13 @@ def _bad_video(kind: str, tmp_path: Path) -> Path:
         return path
     if kind == "no frames":
         return write_video(tmp_path / "empty.avi", np.zeros((0, 16, 16, 3), dtype=np.uint8), fps=10)
+    if kind == "bomb":
+        return png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    if kind == "same names":
+        (tmp_path / "frames").mkdir()
+        for name in ("0000.jpg", "0001.jpg", "0001.png"):
+            Image.new("RGB", (16, 16)).save(tmp_path / "frames" / name)
+        return tmp_path / "frames"
     (tmp_path / "empty_folder").mkdir()
     return tmp_path / "empty_folder"
 
@@ -131,6 +138,8 @@ def _bad_video(kind: str, tmp_path: Path) -> Path:
         ("unreadable", "cannot decode video"),
         ("no frames", "contains no frames"),
         ("empty folder", "contains no images"),
+        ("bomb", "bomb.png: Image size (900000000 pixels) exceeds limit"),
+        ("same names", "holds 0001.jpg and 0001.png"),
     ],
 )
 def test_bad_videos_fail_with_one_clear_message(checkpoint, tmp_path, capsys, kind, message, clip_length):

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -34,6 +33,7 @@ from bifit.data.a2d import centered_window
 from bifit.data.names import UnsafeNameError, safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_eval_transforms
+from bifit.data.video import open_rgb
 from bifit.data.ytvos import clean_caption, load_json
 
 METADATA_FILE = "jhmdb_sentences_samples_metadata.json"
@@ -191,8 +191,7 @@ class JHMDBSentencesDataset(Dataset):
             path = sample.frames_dir / f"{i:05d}.png"
             if not path.is_file():
                 raise FileNotFoundError(f"JHMDB frame not found: {path}")
-            with Image.open(path) as img:
-                images.append(img.convert("RGB"))
+            images.append(open_rgb(path))
         all_masks = read_part_masks(sample.masks_path)
         if not 1 <= sample.frame_idx <= len(all_masks):
             raise ValueError(f"{sample.masks_path} has {len(all_masks)} masks; frame {sample.frame_idx} has none")

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from bifit.data.names import UnsafeNameError, safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_train_transforms
+from bifit.data.video import open_image, open_rgb
 
 #: Draws of a new sample when a clip has no valid frame before giving up (the official loop is
 #: unbounded; a dataset without any visible object would hang it).
@@ -77,7 +77,7 @@ def read_id_map(path: Path) -> np.ndarray:
     """A palette (or grayscale) annotation PNG as a uint8 [H, W] map of object ids."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation not found: {path}")
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.mode not in ("P", "L"):
             raise ValueError(f"annotation {path} must be a palette or grayscale PNG, got mode {img.mode}")
         return np.array(img)
@@ -252,8 +252,7 @@ class RefVOSDataset(Dataset):
             image_path = self.split_dir / "JPEGImages" / sample.video / f"{name}.jpg"
             if not image_path.is_file():
                 raise FileNotFoundError(f"frame not found: {image_path}")
-            with Image.open(image_path) as img:
-                images.append(img.convert("RGB"))
+            images.append(open_rgb(image_path))
             ids = read_id_map(self.split_dir / "Annotations" / sample.video / f"{name}.png")
             masks.append(torch.from_numpy(ids == sample.obj_id))
         width, height = images[0].size

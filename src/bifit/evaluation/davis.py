@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
+from bifit.data.video import open_image
 from bifit.evaluation.metrics import pairwise_frame_scores, sequence_statistics
 
 __all__ = [
@@ -61,7 +61,7 @@ def _read_id_map(path: Path) -> np.ndarray:
     """[H, W] uint8 id map of a PNG."""
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
-    with Image.open(path) as image:
+    with open_image(path) as image:
         ids = np.array(image)
     if ids.ndim != 2:
         raise ValueError(

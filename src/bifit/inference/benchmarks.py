@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from bifit.data.transforms import EVAL_SHORT_SIZE, frames_to_tensor, resized_hw
+from bifit.data.video import open_rgb
 from bifit.modeling.bifit import BifitModel
 
 __all__ = [
@@ -139,8 +140,7 @@ def load_frames(
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"frame not found: {path}")
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
+        images.append(open_rgb(path))
     width, height = images[0].size
     for path, img in zip(paths, images, strict=True):
         if img.size != (width, height):

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
 from bifit.data.davis import NUM_ANNOTATIONS
 from bifit.data.names import inside
+from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo
 from bifit.evaluation import average_global_results, davis_csv_texts, evaluate_davis
 from bifit.inference.benchmarks import (
@@ -78,7 +78,7 @@ def combine_objects(probabilities: Tensor) -> Tensor:
 def _palette_of(video: EvalVideo) -> list[int]:
     """The palette of the video's first annotation PNG (DAVIS's own), else the DAVIS colour map."""
     if video.mask_paths and video.mask_paths[0].is_file():
-        with Image.open(video.mask_paths[0]) as img:
+        with open_image(video.mask_paths[0]) as img:
             palette = img.getpalette()
         if palette:
             return palette

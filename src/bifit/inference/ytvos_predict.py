@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from bifit.data.names import inside
+from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo, read_id_map
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.inference.benchmarks import (
@@ -141,7 +141,7 @@ def write_submission_zip(
 def _read_prediction(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"prediction not found: {path}")
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return np.array(img.convert("L")) > 0
 
 
