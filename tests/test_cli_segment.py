@@ -263,3 +263,20 @@ def test_overwrite_refuses_to_remove_a_folder_holding_the_users_files(checkpoint
     assert len(err.splitlines()) == 1
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / foreign).read_text() == "mine too"
+
+
+def test_an_absurd_aspect_ratio_is_one_line_and_the_limit_can_be_raised(checkpoint, tmp_path, capsys):
+    Image.new("RGB", (4000, 2), (200, 30, 30)).save(tmp_path / "strip.png")
+    assert main(["segment", str(tmp_path / "strip.png"), "-t", "a dog", "-c", str(checkpoint), "-o",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bifit segment: error:") and len(err.splitlines()) == 1
+    assert "a 4000x2 frame resized to 720000x360" in err and "--max-long-side" in err
+    assert not (tmp_path / "out").exists()
+    Image.new("RGB", (100, 2), (200, 30, 30)).save(tmp_path / "short.png")
+    args = ["segment", str(tmp_path / "short.png"), "-t", "a dog", "-c", str(checkpoint), *FAST]
+    assert main(args + ["-o", str(tmp_path / "a"), "--max-long-side", "1000"]) == 2
+    assert "over the limit of 1000 px" in capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "b"), "--max-long-side", "1600"]) == 0
+    assert main(args + ["-o", str(tmp_path / "c"), "--max-long-side", "0"]) == 2
+    assert "--max-long-side must be >= 1" in capsys.readouterr().err

@@ -201,3 +201,8 @@ def test_bad_inputs_give_one_line_errors(ytvos_root, checkpoint, tmp_path, capsy
     assert "--clip-length must be >= 1" in capsys.readouterr().err
     assert main(predict_args(ytvos_root, tmp_path / "missing.pth", tmp_path / "o")) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # Frames of 46 x 30 become 61 x 40 at the test's shorter side: over a limit of 60.
+    assert main(predict_args(ytvos_root, checkpoint, tmp_path / "o", "--max-long-side", "60")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "00000.jpg: a 46x30 frame resized to 61x40" in err and "over the limit of 60 px" in err
+    assert len(err.splitlines()) == 1

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data.transforms import MAX_LONG_SIDE
+
 if TYPE_CHECKING:
     from ..inference.predictor import Segmenter
 
@@ -29,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX (default: the demo model's training frames, "
                         "360 for other checkpoints as the official inference)")
+    parser.add_argument("--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
+                        help="refuse frames whose model input (after resizing) has a longer side above PX pixels "
+                        "(default 4096: normal aspect ratios stay far below it; raise it for panoramas)")
     parser.add_argument("--clip-length", type=int, default=None, metavar="N",
                         help="process videos in clips of N frames so memory stays flat (default: whole videos)")
     parser.set_defaults(func=run)
@@ -45,6 +50,7 @@ def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, str]:
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device,
         short_side=args.short_side or checkpoint_short_side(checkpoint), clip_length=args.clip_length,
+        max_long_side=args.max_long_side,
     )
     if bundled:
         about = ("The bundled demo model knows only the synthetic clips it was trained on: coloured circles, squares "

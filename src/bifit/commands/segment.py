@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..data.transforms import MAX_LONG_SIDE
+
 #: Frame rate of the overlays for inputs that have none (frame folders, images).
 DEFAULT_FPS = 10.0
 SUMMARY_NAME = "summary.json"
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX before the model (default: the official "
                         "360, or the training frames' size for the bundled demo model)")
+    parser.add_argument("--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
+                        help="refuse frames whose model input (after resizing) has a longer side above PX pixels "
+                        "(default 4096: normal aspect ratios stay far below it; raise it for panoramas)")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier bifit outputs in an output directory that is not empty")
@@ -183,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--clip-length must be a positive number of frames, got {args.clip_length}")
     if args.frame_stride < 1:
         raise ValueError(f"--frame-stride must be >= 1, got {args.frame_stride}")
+    if args.max_long_side < 1:
+        raise ValueError(f"--max-long-side must be >= 1, got {args.max_long_side}")
     output = args.output if args.output is not None else Path(f"{args.video.stem or 'video'}_bifit")
     dirs = [f"{i}_{slugify(text)}" for i, text in enumerate(expressions)]
     _check_output(output, args.overwrite, dirs)
@@ -195,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device, clip_length=args.clip_length,
         frame_stride=args.frame_stride, short_side=args.short_side, threshold=args.threshold,
+        max_long_side=args.max_long_side,
     )
     with segmenter.stream(args.video, expressions, progress=not args.quiet) as result:
         colors = color_palette(len(expressions))

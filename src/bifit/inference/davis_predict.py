@@ -33,6 +33,7 @@ from bifit.data.ytvos import EvalVideo
 from bifit.evaluation import average_global_results, davis_csv_texts, evaluate_davis
 from bifit.inference.benchmarks import (
     EVAL_SHORT_SIZE,
+    MAX_LONG_SIDE,
     clip_ranges,
     davis_palette,
     load_frames,
@@ -93,6 +94,7 @@ def predict_davis(
     short_side: int = EVAL_SHORT_SIZE,
     clip_length: int | None = DAVIS_CLIP_LENGTH,
     expressions_per_pass: int | None = None,
+    max_long_side: int | None = MAX_LONG_SIDE,
     progress: bool = True,
     desc: str = "davis",
 ) -> int:
@@ -106,6 +108,8 @@ def predict_davis(
         short_side: shorter side of the model input (official 360).
         clip_length: frames per clip (official 24; ``None`` = whole video).
         expressions_per_pass: expressions decoded at once on the shared backbone features.
+        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
+            limit; never changes a result).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -127,7 +131,7 @@ def predict_davis(
             folder.mkdir(parents=True, exist_ok=True)
         captions = [e.text for e in video.expressions]
         for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side)
+            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
             pred = segment_clip(model, frames, captions, expressions_per_pass)
             for k, folder in enumerate(folders):
                 rows = [obj * NUM_ANNOTATIONS + k for obj in range(num_objects)]

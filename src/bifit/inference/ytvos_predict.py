@@ -39,6 +39,7 @@ from bifit.data.ytvos import EvalVideo, read_id_map
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.inference.benchmarks import (
     EVAL_SHORT_SIZE,
+    MAX_LONG_SIDE,
     clip_ranges,
     load_frames,
     save_mask_png,
@@ -68,6 +69,7 @@ def predict_ytvos(
     short_side: int = EVAL_SHORT_SIZE,
     clip_length: int | None = None,
     expressions_per_pass: int | None = None,
+    max_long_side: int | None = MAX_LONG_SIDE,
     progress: bool = True,
     desc: str = "ytvos",
 ) -> int:
@@ -80,6 +82,8 @@ def predict_ytvos(
         short_side: shorter side of the model input (official 360).
         clip_length: frames per clip; ``None`` = the whole video (official).
         expressions_per_pass: expressions decoded at once on the shared backbone features.
+        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
+            limit; never changes a result).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -93,7 +97,7 @@ def predict_ytvos(
             continue
         captions = [e.text for e in video.expressions]
         for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side)
+            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
             pred = segment_clip(model, frames, captions, expressions_per_pass)
             for e, expression in enumerate(video.expressions):
                 masks = (upsample_logits(pred.mask_logits[e], size).sigmoid() > MASK_THRESHOLD).cpu().numpy()
