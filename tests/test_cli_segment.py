@@ -157,6 +157,7 @@ def test_bad_videos_fail_with_one_clear_message(checkpoint, tmp_path, capsys, ki
         ([""], "expression 1 is empty"),
         (["a dog", "   "], "expression 2 is empty"),
         ([" ".join(["dog"] * 40)], "is 42 tokens long; the text encoder accepts at most 32"),
+        (["caf\udce9 au lait"], "expression 1 is not valid UTF-8 text (byte 0xe9 at position 3)"),
     ],
 )
 def test_bad_expressions_fail_with_one_clear_message(checkpoint, frames, tmp_path, capsys, texts, message):

@@ -182,6 +182,9 @@ def test_video_file_folder_image_and_stride(model, tmp_path):
         ([""], "expression 1 is empty"),
         (["a dog", "   \t"], "expression 2 is empty"),
         (["a dog", 3], "expression 2 is a int"),
+        # Latin-1 bytes on a UTF-8 command line reach Python as surrogate escapes.
+        (["a dog", "caf\udce9 au lait"], r"expression 2 is not valid UTF-8 text \(byte 0xe9 at position 3\)"),
+        (["\ud83d"], r"expression 1 is not valid UTF-8 text \(character U\+D83D at position 0\)"),
     ],
 )
 def test_bad_expressions_are_refused_before_any_work(expressions, message):
@@ -193,6 +196,13 @@ def test_an_expression_longer_than_the_text_encoder_accepts_is_refused(model, vi
     too_long = " ".join(["dog"] * 40)  # the tiny BERT accepts 32 tokens
     with pytest.raises(ExpressionError, match=r"expression 2 .* is 42 tokens long; the text encoder accepts at most 32"):
         Segmenter(model, short_side=SHORT).segment(video, ["a dog", too_long])
+
+
+def test_the_text_encoder_refuses_text_that_is_not_utf8_whatever_its_route(model, video):
+    with pytest.raises(ExpressionError, match=r"caption 1 is not valid UTF-8 text \(byte 0xff at position 2\)"):
+        model.text_encoder.tokenize(["a dog", "a \udcff"], "cpu")
+    with pytest.raises(ExpressionError, match="expression 1 is not valid UTF-8"):
+        Segmenter(model, short_side=SHORT).segment(video, ["a \udcff"])
 
 
 def test_bad_videos_and_settings_get_clear_errors(model, tmp_path):

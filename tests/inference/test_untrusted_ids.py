@@ -105,6 +105,23 @@ def test_ytvos_hostile_frame_name_is_refused(tmp_path):
         ytvos_valid_videos(root)
 
 
+def test_ytvos_expressions_that_are_not_utf8_are_refused_when_read(tmp_path, checkpoint, capsys):
+    root = write_ytvos(tmp_path / "ytvos")
+    path = root / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(path.read_text())
+    meta["videos"]["v_two"]["expressions"]["0"]["exp"] = "a woman holding an umbrella \udcff"
+    path.write_text(json.dumps(meta))  # a JSON escape of a lone surrogate is valid JSON
+    code = main(["predict", "ytvos", "--data-root", str(root), "--checkpoint", str(checkpoint), "--output",
+                 str(tmp_path / "out"), "--short-side", str(SHORT_SIDE), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "meta_expressions.json: expression 0 of video v_two is not valid UTF-8 text (byte 0xff at position 28)" in err
+    assert not (tmp_path / "out").exists()
+    path.write_bytes(b'{"videos": {"v": {"expressions": {"0": {"exp": "caf\xe9"}}, "frames": []}}}')
+    with pytest.raises(ValueError, match=r"meta_expressions.json is not valid UTF-8 text"):
+        ytvos_valid_videos(root)
+
+
 def test_ytvos_training_set_refuses_hostile_ids(tmp_path):
     root = write_ytvos(tmp_path / "ytvos")
     path = root / "meta_expressions" / "train" / "meta_expressions.json"

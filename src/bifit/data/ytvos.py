@@ -42,6 +42,7 @@ from bifit.data.names import UnsafeNameError, safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_train_transforms
 from bifit.data.video import open_image, open_rgb
+from bifit.modeling.text_encoder import check_utf8
 
 #: Draws of a new sample when a clip has no valid frame before giving up (the official loop is
 #: unbounded; a dataset without any visible object would hang it).
@@ -360,6 +361,11 @@ def make_eval_video(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{source}: video {video} has a malformed expression ({exc!r})") from None
+    for expression in expressions:
+        # Checked here, not hours into a prediction when the text encoder meets it.
+        if not isinstance(expression.text, str):
+            raise ValueError(f"{source}: expression {expression.exp_id} of video {video} is not a string")
+        check_utf8(expression.text, f"{source}: expression {expression.exp_id} of video {video}")
     try:
         return EvalVideo(
             video=video,

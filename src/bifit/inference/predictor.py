@@ -55,7 +55,7 @@ from ..data.video import (
 )
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
-from ..modeling.text_encoder import ExpressionError
+from ..modeling.text_encoder import ExpressionError, check_utf8
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -102,7 +102,8 @@ def checkpoint_short_side(checkpoint: str | os.PathLike[str]) -> int:
 
 
 def check_expressions(expressions: str | Sequence[str]) -> list[str]:
-    """The expressions as a list, refusing an empty list, non-strings and blank expressions.
+    """The expressions as a list, refusing an empty list, non-strings, blank expressions and text that is
+    not UTF-8.
 
     Raises:
         ExpressionError: naming the first bad expression (counted from 1).
@@ -117,6 +118,7 @@ def check_expressions(expressions: str | Sequence[str]) -> list[str]:
             raise ExpressionError(f"expression {i} is a {type(text).__name__}, expected a string")
         if not text.strip():
             raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
+        check_utf8(text, f"expression {i}")
     return expressions
 
 
