@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..outputs import make_dirs, write_text, writing
+
 if TYPE_CHECKING:
     from ..data.synthetic import SyntheticClip
     from ..modeling.bifit import BifitModel
@@ -179,7 +181,8 @@ def _writable(path: Path) -> Path:
     """`path`, made ready to be written: a link there is removed as a link (written through, it would
     change a file outside the output folder)."""
     if path.is_symlink():
-        path.unlink()
+        with writing(path, "replace the link"):
+            path.unlink()
     return path
 
 
@@ -238,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     model, frame_size, train_frames = load_model_for_demo(args.checkpoint, args.device)
     segmenter = Segmenter(model, short_side=None)
     scene = SceneConfig(num_frames=args.frames or train_frames, size=frame_size)
-    args.output.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.output)
 
     scores: list[ExpressionScore] = []
     clips_json = []
@@ -285,11 +288,12 @@ def run(args: argparse.Namespace) -> int:
         "seconds": seconds,
         "clips": clips_json,
     }
-    _writable(args.output / RESULTS_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(_writable(args.output / RESULTS_NAME), json.dumps(summary, indent=2) + "\n")
     for name in stale - {n for c in clips_json for n in (c["mp4"], c["gif"])}:
         path = args.output / name
         if path.is_symlink() or path.is_file():
-            path.unlink()
+            with writing(path, "remove the stale overlay"):
+                path.unlink()
     return 0
 
 

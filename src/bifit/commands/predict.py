@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.transforms import MAX_LONG_SIDE
+from ..outputs import make_dirs, write_text
 
 if TYPE_CHECKING:
     from ..modeling.bifit import BifitModel
@@ -148,8 +149,7 @@ def run_ytvos(args: argparse.Namespace) -> int:
     else:
         videos = ytvos_heldout_videos(args.data_root, args.heldout_every)
     model = _load(args)
-    split_dir = args.output / args.split
-    split_dir.mkdir(parents=True, exist_ok=True)
+    split_dir = make_dirs(args.output / args.split)
     with distributed_shard() as shard:
         mine = shard.take(videos)
         written = predict_ytvos(
@@ -192,8 +192,7 @@ def run_davis(args: argparse.Namespace) -> int:
         )
     videos = davis_eval_videos(args.data_root, "valid")
     model = _load(args)
-    split_dir = args.output / "valid"
-    split_dir.mkdir(parents=True, exist_ok=True)
+    split_dir = make_dirs(args.output / "valid")
     with distributed_shard() as shard:
         mine = shard.take(videos)
         written = predict_davis(
@@ -230,7 +229,7 @@ def run_a2d(args: argparse.Namespace) -> int:
         args.benchmark, args.data_root, num_frames=args.num_frames, short_side=args.short_side, max_size=args.max_size
     )
     model = _load(args)
-    args.output.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.output)
     with distributed_shard() as shard:
         indices = shard.take(range(len(dataset)))
         predictions = predict_samples(
@@ -238,7 +237,7 @@ def run_a2d(args: argparse.Namespace) -> int:
             progress=not args.no_progress, desc=f"{args.benchmark} [rank {shard.rank}/{shard.world_size}]",
         )
         part = args.output / f"predictions.rank{shard.rank}-of-{shard.world_size}.json"
-        part.write_text(json.dumps(predictions))
+        write_text(part, json.dumps(predictions))
         shard.barrier()
         if not shard.is_main:
             return 0
@@ -249,11 +248,11 @@ def run_a2d(args: argparse.Namespace) -> int:
             for p in json.loads(path.read_text()):
                 by_id.setdefault(p["image_id"], []).append(p)
         merged = [p for image_id in gt.ids for p in by_id.get(image_id, [])]
-        (args.output / "predictions.json").write_text(json.dumps(merged))
+        write_text(args.output / "predictions.json", json.dumps(merged))
         for path in parts:
             path.unlink()
         metrics = evaluate_predictions(gt, merged, progress=not args.no_progress)
-        (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(args.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(format_a2d_metrics(metrics, "A2D-Sentences" if args.benchmark == "a2d" else "JHMDB-Sentences"))
         print(f"wrote {args.output / 'predictions.json'} and {args.output / 'metrics.json'}")
     return 0

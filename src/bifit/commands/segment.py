@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ..data.transforms import MAX_LONG_SIDE
+from ..outputs import make_dirs, write_text, writing
 
 #: Frame rate of the overlays for inputs that have none (frame folders, images).
 DEFAULT_FPS = 10.0
@@ -160,6 +161,32 @@ def _remove_output(path: Path) -> None:
     path.rmdir()
 
 
+def _make_temporary_folder(output: Path) -> tuple[Path, list[Path]]:
+    """A private temporary folder beside `output` (the same file system, so that the finished outputs are
+    renamed into place), and the missing parent folders made for it, deepest first.
+
+    Raises:
+        OutputError: the location cannot be written (read-only, full, a file in the way), naming it.
+    """
+    made = []
+    for folder in [output.parent, *output.parent.parents]:
+        if folder.exists():
+            break
+        made.append(folder)
+    with writing(output.parent, "create a temporary folder in"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)), made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run made (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _move_into_place(tmp: Path, output: Path, new_dirs: list[str]) -> None:
     """Publish the finished outputs: rename the whole directory, or replace our entries in an existing one."""
     if output.is_dir() and not any(output.iterdir()):
@@ -176,10 +203,9 @@ def _move_into_place(tmp: Path, output: Path, new_dirs: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
     from tqdm.auto import tqdm
 
+    from ..inference.benchmarks import save_mask_png
     from ..inference.predictor import Segmenter, check_expressions, checkpoint_short_side, default_checkpoint
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, overlay_masks
 
@@ -204,21 +230,22 @@ def run(args: argparse.Namespace) -> int:
         frame_stride=args.frame_stride, short_side=args.short_side, threshold=args.threshold,
         max_long_side=args.max_long_side,
     )
-    with segmenter.stream(args.video, expressions, progress=not args.quiet) as result:
-        colors = color_palette(len(expressions))
-        labels = [str(i) for i in range(len(expressions))]
-        fps = result.fps or DEFAULT_FPS
-        per_frame: list[list[dict]] = [[] for _ in expressions]
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-        try:
+    # Before the model's pass, so that a location that cannot be written fails at once.
+    tmp, made = _make_temporary_folder(output)
+    published = False
+    try:
+        with segmenter.stream(args.video, expressions, progress=not args.quiet) as result:
+            colors = color_palette(len(expressions))
+            labels = [str(i) for i in range(len(expressions))]
+            fps = result.fps or DEFAULT_FPS
+            per_frame: list[list[dict]] = [[] for _ in expressions]
             for d in dirs:
-                (tmp / d / "masks").mkdir(parents=True)
+                make_dirs(tmp / d / "masks")
             with Mp4Writer(tmp / OVERLAY_MP4, fps) as mp4, GifWriter(tmp / OVERLAY_GIF, fps) as gif:
                 frames = tqdm(result, total=result.num_frames, unit="frame", desc="writing", disable=args.quiet)
                 for frame in frames:
                     for i, d in enumerate(dirs):
-                        Image.fromarray(frame.masks[i].astype(np.uint8) * 255).save(tmp / d / "masks" / f"{frame.name}.png")
+                        save_mask_png(frame.masks[i], tmp / d / "masks" / f"{frame.name}.png")
                         per_frame[i].append({
                             "frame": frame.name,
                             "score": round(float(frame.scores[i]), 6),
@@ -251,10 +278,14 @@ def run(args: argparse.Namespace) -> int:
                     for i, text in enumerate(expressions)
                 ],
             }
-            (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n")
-            _move_into_place(tmp, output, dirs)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+            with writing(output, "move the finished outputs into"):
+                _move_into_place(tmp, output, dirs)
+            published = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not published:
+            _remove_empty(made)
     for i, text in enumerate(expressions):
         areas = [f["mask_area"] for f in per_frame[i]]
         found = sum(a > 0 for a in areas)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from bifit.data.video import open_image
 from bifit.evaluation.metrics import pairwise_frame_scores, sequence_statistics
+from bifit.outputs import write_text
 
 __all__ = [
     "DAVIS_SETS",
@@ -297,8 +298,8 @@ def write_davis_csvs(
     global_text, per_sequence_text = davis_csv_texts(results)
     global_path = folder / f"global_results-{set}.csv"
     per_sequence_path = folder / f"per-sequence_results-{set}.csv"
-    global_path.write_text(global_text)
-    per_sequence_path.write_text(per_sequence_text)
+    write_text(global_path, global_text)
+    write_text(per_sequence_path, per_sequence_text)
     return global_path, per_sequence_path
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from bifit.data.transforms import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, frames_to_tensor, model_input_hw
 from bifit.data.video import open_rgb
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import writing
 
 __all__ = [
     "EVAL_SHORT_SIZE",
@@ -251,8 +252,13 @@ def upsample_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def save_mask_png(mask: np.ndarray, path: Path) -> None:
-    """A binary [H, W] mask as the official Ref-YTVOS PNG: mode ``L``, 0 / 255."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    """A binary [H, W] mask as the official Ref-YTVOS PNG: mode ``L``, 0 / 255.
+
+    Raises:
+        OutputError: naming `path` (read-only or full location).
+    """
+    with writing(path):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def davis_palette() -> list[int]:
@@ -275,4 +281,5 @@ def save_palette_png(ids: np.ndarray, palette: Sequence[int], path: Path) -> Non
     # A uint8 array gives an "L" image; putpalette turns it into "P", as in the official script.
     img = Image.fromarray(ids.astype(np.uint8))
     img.putpalette(list(palette))
-    img.save(path)
+    with writing(path):
+        img.save(path)

@@ -42,6 +42,7 @@ from bifit.inference.benchmarks import (
     upsample_logits,
 )
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import make_dirs, write_text
 
 __all__ = [
     "DAVIS_CLIP_LENGTH",
@@ -128,7 +129,7 @@ def predict_davis(
         palette = _palette_of(video)
         folders = [inside(split_dir, split_dir / f"anno_{k}" / video.video) for k in range(NUM_ANNOTATIONS)]
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
         captions = [e.text for e in video.expressions]
         for clip in clip_ranges(len(video.frame_names), clip_length):
             frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
@@ -166,8 +167,8 @@ def evaluate_davis_annotators(
         per_annotator.append(evaluate_davis(davis_root, folder, set, "unsupervised", progress=progress))
     mean = average_global_results(per_annotator)
     summary = {"annotators": [r["global"] for r in per_annotator], "mean": mean}
-    (split_dir / f"global_results-{set}.csv").write_text(davis_csv_texts({"global": mean, "per_sequence": []})[0])
-    (split_dir / "ref-davis_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(split_dir / f"global_results-{set}.csv", davis_csv_texts({"global": mean, "per_sequence": []})[0])
+    write_text(split_dir / "ref-davis_results.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -56,6 +56,7 @@ from ..data.video import (
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
 from ..modeling.text_encoder import ExpressionError, check_utf8
+from ..outputs import writing
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -337,13 +338,17 @@ class _LogitStore:
         if self._tmp is None:
             self._memory.append(array)
         else:
-            np.save(os.path.join(self._tmp.name, f"{self._count}.npy"), array)
+            path = os.path.join(self._tmp.name, f"{self._count}.npy")
+            with writing(path, "write temporary mask logits to"):
+                np.save(path, array)
         self._count += 1
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._tmp is None:
             return self._memory[i]
-        return np.load(os.path.join(self._tmp.name, f"{i}.npy"))
+        path = os.path.join(self._tmp.name, f"{i}.npy")
+        with writing(path, "read temporary mask logits from"):
+            return np.load(path)
 
     def close(self) -> None:
         self._memory = []

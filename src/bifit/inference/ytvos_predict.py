@@ -47,6 +47,7 @@ from bifit.inference.benchmarks import (
     upsample_logits,
 )
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import make_dirs, write_text, writing
 
 __all__ = [
     "evaluate_ytvos_results",
@@ -102,7 +103,7 @@ def predict_ytvos(
             for e, expression in enumerate(video.expressions):
                 masks = (upsample_logits(pred.mask_logits[e], size).sigmoid() > MASK_THRESHOLD).cpu().numpy()
                 folder = inside(split_dir, split_dir / video.video / expression.exp_id)
-                folder.mkdir(parents=True, exist_ok=True)
+                make_dirs(folder)
                 for t, mask in zip(clip, masks, strict=True):
                     save_mask_png(mask, folder / f"{video.frame_names[t]}.png")
                     written += 1
@@ -135,10 +136,14 @@ def write_submission_zip(
             f"{len(missing)} prediction PNG(s) missing under {split_dir}, e.g. {missing[0]}; run the prediction first"
         )
     tmp = zip_path.with_name(f".{zip_path.name}.partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for f, path in zip(files, paths):
-            archive.write(path, (Path("Annotations") / f).as_posix())
-    os.replace(tmp, zip_path)
+    try:
+        with writing(zip_path), zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for f, path in zip(files, paths):
+                archive.write(path, (Path("Annotations") / f).as_posix())
+        with writing(zip_path):
+            os.replace(tmp, zip_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return zip_path
 
 
@@ -197,8 +202,8 @@ def write_ytvos_results(results: dict[str, Any], folder: str | os.PathLike[str],
     folder = Path(folder)
     json_path = folder / f"{name}_results.json"
     csv_path = folder / f"{name}_per-expression.csv"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    with csv_path.open("w", newline="") as f:
+    write_text(json_path, json.dumps(results, indent=2) + "\n")
+    with writing(csv_path), csv_path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["Video", "Expression", "J", "F"])
         for row in results["per_expression"]:
