@@ -125,12 +125,15 @@ def test_session_files_are_only_what_was_tracked(tmp_path):
     request = tmp_path / "cache" / "bifit-request-1"
     request.mkdir()
     (request / "overlay.mp4").write_bytes(b"x")
+    package_file = example.parent / "shapes.txt"  # served from an allowed path, not uploaded
+    package_file.write_text("the red circle")
     files = SessionFiles([example])
-    files.add_upload("s", copy_of_example)
-    files.add_upload("s", upload)
+    cache = tmp_path / "cache"
+    for path in (copy_of_example, upload, package_file, example):
+        files.add_upload("s", path, cache)
     files.add_output("s", request)
     files.end_session("s")
-    assert copy_of_example.is_file() and neighbour.is_file() and example.is_file()
+    assert copy_of_example.is_file() and neighbour.is_file() and example.is_file() and package_file.is_file()
     assert not upload.exists() and not request.exists()
     assert files.sessions() == []
 

@@ -158,10 +158,11 @@ class SessionFiles:
         # Gradio's cache is content-addressed: a copy of the example with its name is the example.
         return any(path.name == k.name and filecmp.cmp(path, k, shallow=False) for k in self._keep if k.is_file())
 
-    def add_upload(self, session: str, path: str | os.PathLike[str]) -> None:
-        """Track an uploaded file of `session` (the bundled example is never tracked)."""
+    def add_upload(self, session: str, path: str | os.PathLike[str], uploads: str | os.PathLike[str]) -> None:
+        """Track an uploaded file of `session` if it lies in the folder `uploads` (Gradio's; a file served
+        from anywhere else is not the app's), and is not the bundled example."""
         path = Path(path)
-        if path.is_file() and not self._kept(path):
+        if path.is_file() and path.resolve().is_relative_to(Path(uploads).resolve()) and not self._kept(path):
             with self._lock:
                 self._uploads.setdefault(session, set()).add(path)
 
@@ -220,7 +221,7 @@ def build_app(
 
     def remember_upload(video: str | None, request: gr.Request) -> None:
         if video is not None and request.session_hash is not None:
-            files.add_upload(request.session_hash, video)
+            files.add_upload(request.session_hash, video, overlay.GRADIO_CACHE)
 
     def run(video: str | None, text: str | None, request: gr.Request) -> tuple[str, str]:
         remember_upload(video, request)
