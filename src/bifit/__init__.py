@@ -18,6 +18,7 @@ from .modeling.checkpoint import (
 )
 from .modeling.text_encoder import ExpressionError, TextEncoder
 from .inference.predictor import ExpressionResult, SegmentationResult, Segmenter, default_checkpoint
+from .outputs import OutputError
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "ExpressionError",
     "ExpressionResult",
+    "OutputError",
     "SegmentationResult",
     "Segmenter",
     "TextEncoder",

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import colorsys
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..outputs import output_error, writing
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -107,9 +110,18 @@ class Mp4Writer:
         self.path = Path(path)
         self._av = av
         self._rate = Fraction(fps).limit_denominator(1001)
-        self._container = av.open(str(self.path), "w")
+        with self._writing():
+            self._container = av.open(str(self.path), "w")
         self._stream = None
         self._size: tuple[int, int] | None = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """PyAV's errors (some are no OSError) as an `OutputError` naming the file."""
+        try:
+            yield
+        except (OSError, self._av.error.FFmpegError) as exc:
+            raise output_error(exc, self.path) from exc
 
     def _open_stream(self, height: int, width: int) -> None:
         codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
@@ -131,14 +143,18 @@ class Mp4Writer:
         elif frame.shape[:2] != self._size:
             raise ValueError(f"all frames need the size {self._size}, got {frame.shape[:2]}")
         video_frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(_even(frame)), format="rgb24")
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        with self._writing():
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
 
     def close(self) -> None:
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
+        with self._writing():
+            try:
+                if self._stream is not None:
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+            finally:
+                self._container.close()
 
     def __enter__(self) -> Self:
         return self
@@ -171,7 +187,8 @@ class GifWriter:
         if not self._frames:
             raise ValueError(f"no frames to write to {self.path}")
         first, *rest = self._frames
-        first.save(self.path, save_all=True, append_images=rest, duration=self.duration_ms, loop=0, optimize=False)
+        with writing(self.path):
+            first.save(self.path, save_all=True, append_images=rest, duration=self.duration_ms, loop=0, optimize=False)
         self._frames = []
 
     def __enter__(self) -> Self:
