@@ -216,13 +216,11 @@ def predict_batches(
             torch.stack([t["size"] for t in targets]),
             torch.stack([t["orig_size"] for t in targets]),
         )
-        predictions = []
-        for target, sample_scores, sample_masks in zip(targets, scores, masks, strict=True):
-            for score, mask in zip(sample_scores.tolist(), sample_masks, strict=True):
-                predictions.append(
-                    {"image_id": target["image_id"], "category_id": 1, "segmentation": _encode_rle(mask), "score": score}
-                )
-        yield predictions
+        yield [
+            {"image_id": target["image_id"], "category_id": 1, "segmentation": _encode_rle(mask), "score": score}
+            for target, sample_scores, sample_masks in zip(targets, scores, masks, strict=True)
+            for score, mask in zip(sample_scores.tolist(), sample_masks, strict=True)
+        ]
 
 
 def predict_samples(
