@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--lr", type=float, help="main learning rate (the other groups keep theirs)")
     parser.add_argument("--num-workers", type=int, help="data-loading processes per rank")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda (GPU LOCAL_RANK), cuda:N or mps")
     parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="checkpoint every N optimiser steps (0: per epoch)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import BifitConfig, get_preset
+from ..devices import resolve_device
 from .bifit import BifitModel
 from .text_encoder import TextEncoder
 
@@ -153,8 +154,9 @@ def load_official_checkpoint(
         path: the official `.pth` file.
         text_encoder: Hugging Face id or local directory of the text encoder (its tokenizer and
             config; the weights come from the checkpoint).
-        device: where to put the model.
+        device: where to put the model (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`).
     """
+    device = resolve_device(device)
     state_dict = read_official_state_dict(path)
     config = _config_for_official(state_dict, str(text_encoder))
     model = BifitModel(config, TextEncoder.from_config(text_encoder))
@@ -294,6 +296,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    device = resolve_device(device)
     directory = Path(directory)
     weights_path = directory / WEIGHTS_NAME
     meta = read_pretrained_config(directory)
@@ -336,7 +339,7 @@ def load_model(
     text_encoder: str | Path = "roberta-base",
     device: str | torch.device = "cpu",
 ) -> BifitModel:
-    """Load either our checkpoint directory or an official `.pth` file."""
+    """Load either our checkpoint directory or an official `.pth` file (`device` as in `load_pretrained`)."""
     path = Path(checkpoint)
     if path.is_dir():
         return load_pretrained(path, device)
