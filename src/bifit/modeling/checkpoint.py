@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,9 +23,11 @@ from .text_encoder import TextEncoder
 
 __all__ = [
     "CheckpointError",
+    "check_finite",
     "official_key_to_bifit",
     "convert_official_state_dict",
     "read_official_state_dict",
+    "read_torch_file",
     "load_official_checkpoint",
     "save_pretrained",
     "load_pretrained",
@@ -116,25 +122,89 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor], model: Bifi
     return converted
 
 
+# The official training script stores its argparse.Namespace beside the weights ("args"): a bag of plain
+# values, which the weights-only unpickler may rebuild without running any code.
+_OFFICIAL_SAFE_GLOBALS = (argparse.Namespace,)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_torch_file(path: str | Path, what: str, safe_globals: Iterable[type] = ()) -> Any:
+    """The object in a `torch.save` file, read with `weights_only=True`: tensors and plain types only.
+
+    Args:
+        path: the file.
+        what: what the file should be, for messages ("PyTorch checkpoint", "training checkpoint").
+        safe_globals: further classes the unpickler may rebuild (plain attribute bags only).
+    Raises:
+        CheckpointError: the file holds objects or code that are not loaded for safety (named, with
+            a way to convert a trusted file), or it is truncated or not a `torch.save` file at all.
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    # Opened here so that a file one may not read is an OSError, not a "corrupt" file: the reader
+    # itself raises OSError for some malformed archives.
+    with open(path, "rb") as handle:
+        archive = handle.read(4) == _ZIP_MAGIC
+        handle.seek(0)
+        try:
+            with torch.serialization.safe_globals(list(safe_globals)):
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # In an archive (torch.save's format since torch 1.6) the weights-only unpickler raises this
+            # type, and only this one, when it refuses what it reads. Outside one, random bytes raise it too.
+            if archive:
+                raise CheckpointError(_refusal_message(path)) from None
+            raise CheckpointError(
+                f"{path} is not a readable {what} (corrupt, or a pre-1.6 torch.save file holding objects other "
+                "than tensors)"
+            ) from None
+        except Exception as exc:  # a damaged archive fails anywhere in the reader, with many types
+            raise CheckpointError(
+                f"{path} is not a readable {what} (truncated or corrupt?; {type(exc).__name__}: "
+                f"{_first_line(exc)})"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else "no details"
+
+
+def _refusal_message(path: Path) -> str:
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a legacy (non-zip) file cannot be inspected; the refusal itself stands
+        names = []
+    held = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+    return (
+        f"{path} holds Python objects or code{held} besides tensors, which bifit does not load for safety "
+        "(torch.load with weights_only=True refused it; nothing in it was run). If you trust its source, keep "
+        "only its weights once, which does run its code: python -c \"import torch; "
+        f"c = torch.load({str(path)!r}, weights_only=False); torch.save({{'model': c['model']}}, 'weights.pth')\" "
+        "and use weights.pth"
+    )
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model outputs nothing meaningful."""
+    bad = [name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); not loading it"
+        )
+
+
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official BIFIT `.pth` (`{"model": state_dict, ...}`), read without unpickling code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or damaged files
-        if "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path} holds objects other than tensors and cannot be loaded safely (weights_only=True refused it)"
-            ) from None
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?; {type(exc).__name__})"
-        ) from None
+    data = read_torch_file(path, "PyTorch checkpoint", safe_globals=_OFFICIAL_SAFE_GLOBALS)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry of tensors)")
+    check_finite(data, path)
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling.checkpoint import read_torch_file
+
 __all__ = [
     "atomic_save",
     "capture_rng_state",
@@ -137,10 +139,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file fails anywhere in the unpickler, with any exception type
-        raise ValueError(f"{path} is not a readable training checkpoint: {type(exc).__name__}: {exc}") from None
+    state = read_torch_file(path, "training checkpoint")
     required = ("model", "optimizer", "scheduler", "step", "epoch", "step_in_epoch", "rng")
     missing = [key for key in required if key not in state] if isinstance(state, dict) else list(required)
     if missing:
@@ -168,19 +167,17 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     Every convolution and batch-norm tensor of the four stages and the stem must be present with the
     backbone's shape; the classifier (`fc.*`) and `num_batches_tracked` counters are ignored.
     """
-    from ..modeling.checkpoint import CheckpointError, state_dict_differences
+    from ..modeling.checkpoint import CheckpointError, check_finite, state_dict_differences
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt archives and refused pickles surface as several types
-        raise CheckpointError(f"{path} is not a readable torchvision state dict: {exc}") from None
+    state = read_torch_file(path, "torchvision state dict")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    check_finite(state, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     body = model.backbone.body
     expected = body.state_dict()
