@@ -19,7 +19,7 @@ import torch
 from ..config import BifitConfig, get_preset
 from ..devices import resolve_device
 from .bifit import BifitModel
-from .text_encoder import TextEncoder
+from .text_encoder import TextEncoder, load_text_encoder_config
 
 __all__ = [
     "CheckpointError",
@@ -185,9 +185,15 @@ def _refusal_message(path: Path) -> str:
     )
 
 
+def _is_finite(value: torch.Tensor) -> bool:
+    # A sum with a NaN or infinite element is NaN or infinite, so a finite sum proves every element
+    # finite at a fifth of the cost of an element-wise check, which is left for sums that are not.
+    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Refuse weights holding NaN or infinity: such a model outputs nothing meaningful."""
-    bad = [name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = [name for name, value in state.items() if value.is_floating_point() and not _is_finite(value)]
     if bad:
         raise CheckpointError(
             f"{source} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); not loading it"
@@ -361,8 +367,67 @@ def read_pretrained_config(directory: str | Path) -> dict:
     return meta
 
 
+# A text encoder config asking for more layers than any real encoder has would make even building
+# its skeleton loop for minutes.
+_MAX_TEXT_ENCODER_LAYERS = 256
+
+
+def _stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no data is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+
+
+def _expected_shapes(config: BifitConfig, text_source: str | Path, source: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the model that `config` and the text encoder at `text_source`
+    describe, from a skeleton on the meta device: no memory is allocated however large the config."""
+    from transformers import AutoModel
+
+    text_config = load_text_encoder_config(text_source)
+    layers = getattr(text_config, "num_hidden_layers", 0)
+    if not isinstance(layers, int) or not 0 <= layers <= _MAX_TEXT_ENCODER_LAYERS:
+        raise CheckpointError(
+            f"{source}: the text encoder config asks for {layers!r} layers (at most {_MAX_TEXT_ENCODER_LAYERS})"
+        )
+    try:
+        with torch.device("meta"):
+            skeleton = BifitModel(config, TextEncoder(AutoModel.from_config(text_config), None, str(text_source)))
+    except (ValueError, TypeError, RuntimeError) as exc:  # a text encoder config that cannot be built
+        raise CheckpointError(f"{source}: the model its config describes cannot be built: {exc}") from None
+    return {name: tuple(value.shape) for name, value in skeleton.state_dict().items()}
+
+
+def _check_weights_fit(
+    expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], weights_path: Path
+) -> None:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched = sorted(
+        f"{k}: stored {list(stored[k])} vs config {list(expected[k])}"
+        for k in set(expected) & set(stored)
+        if stored[k] != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{title} {items[:5]}" + (f" ({len(items)} in all)" if len(items) > 5 else "")
+            for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+            if items
+        ]
+        raise CheckpointError(f"{weights_path} does not fit its config: " + "; ".join(parts))
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> BifitModel:
-    """A model saved by `save_pretrained`, in eval mode."""
+    """A model saved by `save_pretrained`, in eval mode.
+
+    Before a model is built, its config is checked for sense (`BifitConfig`) and against the shapes
+    of the stored tensors (read from the file header), and every stored tensor must be finite; a
+    tampered or mismatched checkpoint fails with a `CheckpointError` and allocates nothing.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -375,10 +440,19 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / CONFIG_NAME} holds an invalid model config: {exc}") from None
     external = meta.get("text_encoder_weights", TEXT_ENCODER_STORED) == TEXT_ENCODER_EXTERNAL
+    text_source: str | Path = config.text_encoder if external else directory / TEXT_ENCODER_DIR
+
+    stored_shapes = {k: v for k, v in _stored_shapes(weights_path).items() if not k.endswith(_SCALE_SUFFIX)}
+    expected = _expected_shapes(config, text_source, directory / CONFIG_NAME)
+    if external:
+        expected = {k: v for k, v in expected.items() if not k.startswith(_TEXT_PREFIX)}
+    _check_weights_fit(expected, stored_shapes, weights_path)
+
     try:
         stored = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    check_finite(stored, weights_path)
     state = {}
     for name, value in stored.items():
         if name.endswith(_SCALE_SUFFIX):
@@ -389,17 +463,8 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             value = _dequantize(value, stored[name + _SCALE_SUFFIX])
         state[name] = value
 
-    text_encoder = (
-        TextEncoder.from_pretrained(config.text_encoder) if external else TextEncoder.from_config(directory / TEXT_ENCODER_DIR)
-    )
+    text_encoder = TextEncoder.from_pretrained(text_source) if external else TextEncoder.from_config(text_source)
     model = BifitModel(config, text_encoder)
-    expected = {k: v for k, v in model.state_dict().items() if not (external and k.startswith(_TEXT_PREFIX))}
-    missing, unexpected, mismatched = state_dict_differences(expected, state)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{weights_path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"mis-shaped {mismatched[:5]}"
-        )
     model.load_state_dict(state, strict=not external)
     return model.to(device).eval()
 
