@@ -56,6 +56,7 @@ from .distributed import (
     seed_everything,
 )
 from .optim import build_optimizer, build_scheduler
+from .preemption import StopSignals, TrainingInterrupted, agree_to_stop
 
 __all__ = ["TrainResult", "build_train_dataset", "build_training_model", "set_train_mode", "train"]
 
@@ -390,7 +391,8 @@ def _train(
             seed_everything(config.seed + dist_info.rank + step)
     del loaded
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> Path | None:
+        """Every rank takes part (the random states are gathered); rank 0 writes and returns the path."""
         rng = _gather_rng(dist_info)
         if dist_info.is_main:
             state = {
@@ -404,14 +406,17 @@ def _train(
                 "world_size": dist_info.world_size,
                 "rng": rng,
             }
-            save_training_checkpoint(checkpoint_dir, state, config.keep_last)
+            return save_training_checkpoint(checkpoint_dir, state, config.keep_last)
+        return None
 
     last_metrics: dict[str, float] = {}
-    last_saved = step
+    last_saved, last_checkpoint = step, None
+    stop = None
     set_train_mode(model, config.disable_dropout)
-    try:
+    # From here on SIGTERM and SIGINT stop the run after the current step, with a checkpoint.
+    with StopSignals(announce=dist_info.is_main) as signals, contextlib.closing(log):
         for epoch in range(start_epoch, config.epochs):
-            if step >= total_steps:
+            if step >= total_steps or stop is not None:
                 break
             first = start_step_in_epoch if epoch == start_epoch else 0
             batches = _epoch_batches(dataset, sampler, config, epoch, first, dist_info)
@@ -431,23 +436,30 @@ def _train(
                                     "clips_per_s": clips_per_s, "time": time.time()}
                     log.write(last_metrics)
                 if config.save_every and step % config.save_every == 0 and step_in_epoch + 1 < steps_per_epoch:
-                    save_checkpoint(epoch, step_in_epoch + 1)
+                    last_checkpoint = save_checkpoint(epoch, step_in_epoch + 1)
                     last_saved = step
+                # Every rank asks after every step (a collective); a request during the last step changes
+                # nothing, as the run ends and saves anyway.
+                stop = agree_to_stop(signals.received, device) if step < total_steps else None
+                if stop is not None:
+                    break
             if step == (epoch + 1) * steps_per_epoch:
                 # The epoch ran to its end: drop the LR as scheduled, then checkpoint the next epoch's start.
                 scheduler.step()
-                save_checkpoint(epoch + 1, 0)
+                last_checkpoint = save_checkpoint(epoch + 1, 0)
                 last_saved = step
         if last_saved != step:
-            save_checkpoint(step // steps_per_epoch, step % steps_per_epoch)
-    finally:
-        log.close()
+            last_checkpoint = save_checkpoint(step // steps_per_epoch, step % steps_per_epoch)
+        if dist_info.distributed:
+            dist.barrier()  # rank 0's checkpoint is on disk before any rank stops or goes on
+        if stop is not None:
+            raise TrainingInterrupted(stop.name, step, last_checkpoint)
 
-    final_dir = None
-    if dist_info.is_main:
-        final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
-    if dist_info.distributed:
-        dist.barrier()
+        final_dir = None
+        if dist_info.is_main:
+            final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
+        if dist_info.distributed:
+            dist.barrier()
     return TrainResult(output_dir, step, step // steps_per_epoch, final_dir, last_metrics)
 
 
