@@ -28,6 +28,7 @@ __all__ = [
     "convert_official_state_dict",
     "read_official_state_dict",
     "read_torch_file",
+    "remove_save_leftovers",
     "load_official_checkpoint",
     "save_pretrained",
     "load_pretrained",
@@ -296,7 +297,7 @@ def save_pretrained(
             kernels as int8 with one float32 scale per output channel (4x smaller, for shipping).
         extra: more JSON-serialisable entries for config.json (e.g. a training record).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     if text_encoder_weights not in (TEXT_ENCODER_STORED, TEXT_ENCODER_EXTERNAL):
         raise ValueError(f"text_encoder_weights must be 'stored' or 'external', got {text_encoder_weights!r}")
@@ -325,9 +326,12 @@ def save_pretrained(
     }
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(directory), dir=directory.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
+        # Serialised here and written with plain file I/O, so that a full disk is an OSError naming the file.
+        (tmp / WEIGHTS_NAME).write_bytes(
+            serialize(state, metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
+        )
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if not external:
             text_dir = tmp / TEXT_ENCODER_DIR
@@ -340,16 +344,51 @@ def save_pretrained(
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
+            old = directory.with_name(f"{_temporary_prefix(directory)}{_OLD_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             directory.rename(old)
             tmp.rename(directory)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(directory)
+    except OSError as exc:
+        if exc.filename is None:  # a write through a file handle (a full disk) names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(directory)) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+# save_pretrained assembles DIR in a sibling `.DIR.<8 random characters>` (tempfile.mkdtemp) and moves
+# an existing DIR aside as `.DIR.old` while it replaces it; a process killed meanwhile leaves them.
+_OLD_SUFFIX = "old"
+
+
+def _temporary_prefix(directory: Path) -> str:
+    return f".{directory.name}."
+
+
+def remove_save_leftovers(directory: str | Path) -> list[Path]:
+    """Delete what an interrupted `save_pretrained(model, directory)` left beside `directory`.
+
+    Only folders (never links) named exactly as `save_pretrained` names its temporaries for this
+    target are removed: `.NAME.<8 characters of tempfile.mkdtemp>` and `.NAME.old`.
+
+    Returns:
+        the folders removed.
+    """
+    directory = Path(directory)
+    parent = directory.parent
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(_temporary_prefix(directory)) + rf"(?:[a-z0-9_]{{8}}|{_OLD_SUFFIX})")
+    removed = []
+    for entry in parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(entry)
+    return removed
 
 
 def read_pretrained_config(directory: str | Path) -> dict:

@@ -35,13 +35,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..data.collate import collate_expressions
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import save_pretrained
+from ..modeling.checkpoint import remove_save_leftovers, save_pretrained
 from ..modeling.text_encoder import TextEncoder
 from .checkpointing import (
     capture_rng_state,
     load_backbone_weights,
     load_init_checkpoint,
     load_latest_checkpoint,
+    remove_checkpoint_temporaries,
     restore_rng_state,
     save_training_checkpoint,
 )
@@ -203,8 +204,17 @@ def _prepare_output_dir(output_dir: Path, config: TrainingConfig, resume: bool, 
 def _clear_run(output_dir: Path) -> None:
     for name in (CHECKPOINT_DIR, FINAL_DIR, TENSORBOARD_DIR):
         shutil.rmtree(output_dir / name, ignore_errors=True)
+    remove_save_leftovers(output_dir / FINAL_DIR)
     for name in (CONFIG_FILE, METRICS_FILE):
         (output_dir / name).unlink(missing_ok=True)
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    """Temporaries of saves that a kill interrupted in an earlier run of `output_dir`."""
+    removed = remove_checkpoint_temporaries(output_dir / CHECKPOINT_DIR) + remove_save_leftovers(output_dir / FINAL_DIR)
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        print(f"removed {len(removed)} leftover(s) of interrupted saves: {names}", flush=True)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -321,6 +331,8 @@ def _train(
     if dist_info.is_main:
         if overwrite:
             _clear_run(output_dir)
+        elif resume:
+            _remove_leftovers(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         config.save_json(output_dir / CONFIG_FILE)
 
@@ -457,6 +469,7 @@ def _train(
 
         final_dir = None
         if dist_info.is_main:
+            remove_save_leftovers(output_dir / FINAL_DIR)
             final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
         if dist_info.distributed:
             dist.barrier()
