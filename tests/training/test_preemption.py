@@ -221,9 +221,10 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_ste
     finally:
         if process.poll() is None:
             process.kill()
-    # torchrun reports rank 0's exit code 75 as the job's failure (and may then end rank 1, whose part is done).
+    # torchrun reports the exit code 75 of the first rank to leave as the job's failure, and may then end
+    # the other with SIGTERM while it tears down (after the barrier: its part is done).
     assert process.returncode != 0
-    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 75", err), err[-3000:]
+    assert re.search(r"exitcode\s*: 75", err), err[-3000:]
     stops = [line for line in err.splitlines() if "stopped by SIGTERM after step" in line]
     assert len(stops) == 1, err[-3000:]  # rank 0 speaks for both
     checkpoint = list_checkpoints(run / "checkpoints")[-1]
