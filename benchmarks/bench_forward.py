@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -52,7 +52,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = bifit.resolve_device(args.device)
     model = bifit.build_model(args.preset, text_encoder=args.text_encoder or default_text_encoder()).to(device).eval()
     video = torch.randn(1, args.frames, 3, args.height, args.width, device=device)
     caption = ["the man in the red shirt riding a bike"]

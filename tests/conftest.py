@@ -86,6 +86,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_thread_count_leaks():
+    """A test that runs a benchmark's main() (which sets its own thread count) must not leave that
+    count to the tests after it: their in-process runs are compared bit for bit with runs in
+    subprocesses (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"), "bert")

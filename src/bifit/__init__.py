@@ -8,6 +8,7 @@ Public API::
 """
 
 from .config import BifitConfig, get_preset, preset_names
+from .devices import resolve_device
 from .modeling.bifit import BifitModel
 from .modeling.checkpoint import (
     CheckpointError,
@@ -56,6 +57,7 @@ __all__ = [
     "load_official_checkpoint",
     "load_pretrained",
     "preset_names",
+    "resolve_device",
     "save_pretrained",
     "__version__",
 ]

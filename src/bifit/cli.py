@@ -14,6 +14,15 @@ from . import __version__
 COMMANDS = ["demo", "segment", "train", "pretrain_backbone", "predict", "evaluate", "data", "convert", "app"]
 
 
+# Exit codes: 0 done; 1 no command given; 2 a failure reported in one line (bad input, missing or
+# unwritable files, a full disk, an unavailable device, ...); 75 (EX_TEMPFAIL) `bifit train` stopped by
+# SIGTERM or SIGINT after saving a checkpoint, to be continued with --resume; 130 interrupted by Ctrl-C
+# elsewhere. A programming error keeps its traceback (exit 1).
+EXIT_ERROR = 2
+EXIT_TRAINING_STOPPED = 75
+EXIT_INTERRUPTED = 130
+
+
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
@@ -46,10 +55,32 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("bifit: interrupted", file=sys.stderr)
-        return 130
-    except (CommandError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"bifit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = _known_error_message(exc)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"bifit {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _known_error_message(exc: Exception) -> str | None:
+    """One line for the failures a user can meet and act on; None for anything else (a bug)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        message = f"out of memory on the GPU ({str(exc).splitlines()[0] if str(exc) else 'no details'})"
+    elif isinstance(exc, MemoryError):
+        message = "out of memory" + (f" ({exc})" if str(exc) else "")
+    elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        # Raised by the system: name the file and the reason, not "[Errno 28] ...".
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+        message = f"{target}: {exc.strerror}"
+    elif isinstance(exc, (CommandError, ValueError, OSError, FloatingPointError)):
+        # ValueError covers bifit's own CheckpointError and ExpressionError (and UnicodeError).
+        message = str(exc) or type(exc).__name__
+    else:
+        return None
+    return " ".join(message.splitlines())
 
 
 if __name__ == "__main__":

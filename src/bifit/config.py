@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,54 @@ _BACKBONE_CHANNELS = {
     "resnet50": (256, 512, 1024, 2048),
     "resnet101": (256, 512, 1024, 2048),
 }
+
+
+# Bounds of every integer field: far beyond any sensible model, tight enough that a tampered or mistyped
+# config cannot make building the model allocate without limit or loop for hours. num_feature_levels is
+# fixed by the architecture (three backbone stages and one extra level).
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "hidden_dim": (1, 8192),
+    "nheads": (1, 256),
+    "num_feature_levels": (4, 4),
+    "enc_layers": (1, 64),
+    "dec_layers": (1, 64),
+    "ifi_layers": (0, 64),
+    "dim_feedforward": (1, 65536),
+    "num_queries": (1, 1000),
+    "enc_n_points": (1, 64),
+    "dec_n_points": (1, 64),
+    "mask_dim": (1, 8192),
+    "controller_layers": (2, 16),
+    "dynamic_mask_channels": (1, 1024),
+    "num_classes": (1, 10000),
+    "num_frames": (1, 1000),
+    "max_text_length": (1, 8192),
+    "fpn_norm_groups": (1, 8192),
+    "proj_norm_groups": (1, 8192),
+}
+_MAX_SR_RATIO = 64
+_STR_FIELDS = ("backbone", "backbone_norm", "text_encoder")
+_BOOL_FIELDS = ("train_backbone_stem", "freeze_text_encoder", "rel_coord", "aux_loss")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_problems(config: "BifitConfig") -> list[str]:
+    """Fields of the wrong type (JSON gives 1e9 as a float and "true" as a string)."""
+    problems = [f"{name} must be an integer, got {getattr(config, name)!r}" for name in _INT_RANGES
+                if not _is_int(getattr(config, name))]
+    problems += [f"{name} must be a string, got {getattr(config, name)!r}" for name in _STR_FIELDS
+                 if not isinstance(getattr(config, name), str)]
+    problems += [f"{name} must be true or false, got {getattr(config, name)!r}" for name in _BOOL_FIELDS
+                 if not isinstance(getattr(config, name), bool)]
+    if not (isinstance(config.dropout, (int, float)) and not isinstance(config.dropout, bool)
+            and math.isfinite(config.dropout)):
+        problems.append(f"dropout must be a finite number, got {config.dropout!r}")
+    if not (isinstance(config.fpn_sr_ratios, tuple) and all(_is_int(r) for r in config.fpn_sr_ratios)):
+        problems.append(f"fpn_sr_ratios must be a list of integers, got {config.fpn_sr_ratios!r}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -61,24 +110,28 @@ class BifitConfig:
     fpn_sr_ratios: tuple[int, ...] = field(default=(8, 4, 2, 1))
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # the range checks below would fail on a value of the wrong type
+            raise ValueError("invalid BifitConfig: " + "; ".join(problems))
         if self.backbone not in _BACKBONE_CHANNELS:
             problems.append(f"backbone must be one of {sorted(_BACKBONE_CHANNELS)}, got {self.backbone!r}")
         if self.backbone_norm not in ("frozen_bn", "group_norm"):
             problems.append(f"backbone_norm must be 'frozen_bn' or 'group_norm', got {self.backbone_norm!r}")
-        if self.hidden_dim % self.nheads:
-            problems.append(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
-        if self.hidden_dim % self.proj_norm_groups or self.hidden_dim % self.fpn_norm_groups:
-            problems.append("hidden_dim must be divisible by proj_norm_groups and fpn_norm_groups")
-        if self.num_feature_levels != 4:
-            problems.append("num_feature_levels must be 4 (three backbone stages and one extra level)")
-        if self.controller_layers < 2:
-            problems.append("controller_layers must be at least 2")
-        for name in ("enc_layers", "dec_layers", "num_queries", "dim_feedforward", "mask_dim", "num_classes"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be positive")
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                problems.append(f"{name} must lie in [{low}, {high}], got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must lie in [0, 1), got {self.dropout}")
         if len(self.fpn_sr_ratios) != 4:
             problems.append("fpn_sr_ratios needs one ratio per FPN level (4)")
+        elif not all(1 <= r <= _MAX_SR_RATIO for r in self.fpn_sr_ratios):
+            problems.append(f"fpn_sr_ratios must lie in [1, {_MAX_SR_RATIO}], got {list(self.fpn_sr_ratios)}")
+        if not problems:  # divisibility needs the positive divisors checked above
+            if self.hidden_dim % self.nheads:
+                problems.append(f"hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+            if self.hidden_dim % self.proj_norm_groups or self.hidden_dim % self.fpn_norm_groups:
+                problems.append("hidden_dim must be divisible by proj_norm_groups and fpn_norm_groups")
         if problems:
             raise ValueError("invalid BifitConfig: " + "; ".join(problems))
 

@@ -153,7 +153,7 @@ def test_pickled_code_is_never_executed(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, path)
-    with pytest.raises(bifit.CheckpointError, match="cannot be loaded safely"):
+    with pytest.raises(bifit.CheckpointError, match="does not load for safety"):
         bifit.load_official_checkpoint(path, text_encoder=str(TINY_ROBERTA))
 
 
@@ -173,6 +173,18 @@ def test_converted_checkpoint_round_trips_through_safetensors(model, reference, 
     (tmp_path / "converted" / "model.safetensors").write_bytes(before[:1000])
     with pytest.raises(bifit.CheckpointError, match="not a readable safetensors"):
         bifit.load_pretrained(target)
+
+
+def test_an_official_training_checkpoint_with_its_argparse_namespace_loads(model, reference, tmp_path):
+    # The official main.py saves {"model", "optimizer", "lr_scheduler", "epoch", "args": argparse.Namespace}.
+    import argparse
+
+    path = tmp_path / "checkpoint0005.pth"
+    args = argparse.Namespace(lr=1e-4, backbone="resnet50", lr_drop=[6, 8], masks=True, output_dir=None)
+    torch.save({"model": official_state_dict(reference), "optimizer": {}, "epoch": 5, "args": args}, path)
+    loaded = bifit.load_official_checkpoint(path, text_encoder=str(TINY_ROBERTA))
+    expected = model.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
 
 
 def test_random_bytes_are_called_corrupt_in_one_line(tmp_path):

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="for an official .pth: Hugging Face id or directory of its text encoder (default roberta-base)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX (default: the demo model's training frames, "
                         "360 for other checkpoints as the official inference)")

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips and expressions (default 0)")
     parser.add_argument("--checkpoint", "-c", type=Path, default=None,
                         help="a demo bundle or a `bifit train` final/ directory (default: the bundled model)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     parser.set_defaults(func=run)
 
 
@@ -74,15 +74,14 @@ class ExpressionScore:
         return (self.j + self.f) / 2.0
 
 
-def load_model_for_demo(checkpoint: Path | None, device: str | None) -> tuple[BifitModel, tuple[int, int], int]:
+def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") -> tuple[BifitModel, tuple[int, int], int]:
     """(model, (H, W) of its training frames, T of its training clips) for a demo bundle or a training run's
     `final/` directory (whose parent holds `train_config.json`)."""
-    import torch
-
     from ..assets import demo_info, load_demo_model
+    from ..devices import resolve_device
     from ..modeling.checkpoint import load_pretrained
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if checkpoint is None or is_demo_bundle(checkpoint):
         info = demo_info(checkpoint)
         return load_demo_model(checkpoint, device), info.frame_size, info.num_frames

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,8 @@ def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
         help="tokenizer/config of the text encoder for an official .pth (Hugging Face id or local dir; "
         "default roberta-base); a bifit directory carries its own",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--short-side", type=int, default=360, help="shorter side of the model input in pixels (official: 360)"
     )
@@ -122,14 +124,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> BifitModel:
     """The checkpoint's model in eval mode on the chosen device (imports kept lazy for `bifit --help`)."""
-    from ..inference.benchmarks import resolve_device
+    from ..devices import resolve_device
     from ..modeling.checkpoint import load_model
 
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if args.short_side < 1:
         raise ValueError(f"--short-side must be >= 1, got {args.short_side}")
-    return load_model(args.checkpoint, text_encoder=args.text_encoder, device=resolve_device(args.device)).eval()
+    device = resolve_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return load_model(args.checkpoint, text_encoder=args.text_encoder, device=device).eval()
 
 
 def _check_positive(value: int | None, flag: str) -> None:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"AdamW learning rate (default {defaults.lr})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of clips and weights (default {defaults.seed})")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from ..training.backbone_pretraining import BackbonePretrainingConfig, pretrain_backbone
     from ..training.checkpointing import atomic_save
     from ..training.config import get_training_preset
-    from ..training.distributed import resolve_device
 
     output: Path = args.output
     summary_path = output.with_name(output.name + ".json")
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.time()
     try:
-        state = pretrain_backbone(training.model, config, device=resolve_device(args.device), on_step=on_step)
+        state = pretrain_backbone(training.model, config, device=args.device, on_step=on_step)
     finally:
         bar.close()
     atomic_save(state, output)

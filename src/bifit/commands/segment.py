@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="for an official .pth: Hugging Face id or directory of its text encoder (default roberta-base)")
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="output directory (default: <video name>_bifit beside the current directory)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--clip-length", type=int, default=None, metavar="N",
                         help="process the video in clips of N frames so memory stays flat on long videos "
                         "(default: the whole video at once, as the official inference)")

@@ -3,11 +3,15 @@
     bifit train --preset synthetic_tiny --output-dir runs/tiny
     torchrun --nproc_per_node=8 -m bifit train --preset ytvos_r50 --data-root data/ref-youtube-vos \\
         --output-dir runs/ytvos --text-encoder roberta-base --backbone-weights resnet50.pth
+
+SIGTERM or SIGINT (a scheduler's preemption, torchrun's shutdown, Ctrl-C) stops after the current
+optimiser step with a checkpoint and exit code 75; `--resume` continues from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -18,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a training preset (official recipes, synthetic tiny model)",
         description="Train BIFIT. Writes OUTPUT_DIR/{train_config.json, metrics.jsonl, checkpoints/, final/}; "
-        "final/ loads with bifit.load_pretrained. Run under torchrun for several processes/GPUs.",
+        "final/ loads with bifit.load_pretrained. Run under torchrun for several processes/GPUs. SIGTERM or "
+        "SIGINT stops after the current step with a checkpoint and exit code 75; --resume continues.",
     )
     parser.add_argument("--preset", required=True, help=f"training recipe: {', '.join(training_preset_names())}")
     parser.add_argument("--output-dir", required=True, type=Path, help="where logs, checkpoints and the model go")
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--lr", type=float, help="main learning rate (the other groups keep theirs)")
     parser.add_argument("--num-workers", type=int, help="data-loading processes per rank")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (CUDA when available), cpu, cuda (GPU LOCAL_RANK), cuda:N or mps")
     parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="checkpoint every N optimiser steps (0: per epoch)")
@@ -85,10 +90,19 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 (TrainingConfig, imp
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_TRAINING_STOPPED
     from ..training.loop import train
+    from ..training.preemption import TrainingInterrupted
 
     config = build_config(args)
-    result = train(config, args.output_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        result = train(
+            config, args.output_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except TrainingInterrupted as stopped:
+        if stopped.checkpoint is not None:  # rank 0 speaks for every rank
+            print(f"bifit train: {stopped}", file=sys.stderr)
+        return EXIT_TRAINING_STOPPED
     if result.final_dir is not None:
         loss = result.last_metrics.get("loss")
         summary = f", last loss {loss:.4f}" if loss is not None else ""

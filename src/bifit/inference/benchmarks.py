@@ -43,7 +43,6 @@ __all__ = [
     "davis_palette",
     "distributed_shard",
     "load_frames",
-    "resolve_device",
     "save_mask_png",
     "save_palette_png",
     "segment_clip",
@@ -112,15 +111,6 @@ def distributed_shard() -> Iterator[Shard]:
     finally:
         if created:
             dist.destroy_process_group()
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``device`` if given; else ``cuda:<LOCAL_RANK>`` when CUDA is available; else CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def load_frames(

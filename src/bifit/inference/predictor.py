@@ -53,6 +53,7 @@ from ..data.video import (
     read_image,
     read_video_file,
 )
+from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
 from ..modeling.text_encoder import ExpressionError, check_utf8
@@ -465,7 +466,8 @@ class Segmenter:
         checkpoint_or_model: a `BifitModel`, a bifit checkpoint directory or an official `.pth` file.
         text_encoder: for an official `.pth`: Hugging Face id or local directory of its text
             encoder's tokenizer and config (default `roberta-base`); ignored otherwise.
-        device: where to run; defaults to the given model's device, else CUDA when available, else CPU.
+        device: where to run (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`; see `bifit.devices`); None keeps a
+            given model's device and means `auto` for a checkpoint.
         clip_length: process the video in clips of this many frames (bounded memory); None runs the
             whole video as one clip, as the official Ref-YouTube-VOS inference does.
         frame_stride: segment every k-th frame only.
@@ -506,13 +508,13 @@ class Segmenter:
         if query_selection not in ("video", "clip"):
             raise ValueError(f"query_selection must be 'video' or 'clip', got {query_selection!r}")
         if isinstance(checkpoint_or_model, BifitModel):
-            model = checkpoint_or_model if device is None else checkpoint_or_model.to(device)
+            model = checkpoint_or_model if device is None else checkpoint_or_model.to(resolve_device(device))
         else:
+            # Resolved before anything is read, so that a bad device fails at once.
+            resolved = resolve_device(device)
             path = Path(checkpoint_or_model)
             _check_checkpoint_kind(path)
-            if device is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=device)
+            model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
         self.model = model.eval()
         self.clip_length = clip_length
         self.frame_stride = frame_stride

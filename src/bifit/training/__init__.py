@@ -12,11 +12,13 @@ from bifit.training.criterion import CriterionConfig, VideoSetCriterion, build_c
 from bifit.training.loop import TrainResult, train
 from bifit.training.matcher import VideoHungarianMatcher, VideoTargets, collate_targets
 from bifit.training.optim import build_optimizer, build_scheduler, parameter_groups
+from bifit.training.preemption import TrainingInterrupted
 
 __all__ = [
     "CriterionConfig",
     "TRAINING_PRESETS",
     "TrainResult",
+    "TrainingInterrupted",
     "TrainingConfig",
     "VideoHungarianMatcher",
     "VideoSetCriterion",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..config import BifitConfig
 from ..data.synthetic import COLOURS, SHAPES, SIZES, SceneConfig, SyntheticClip, generate_clip
 from ..data.targets import normalize_frames
+from ..devices import resolve_device
 from ..modeling.backbone import ResNetBackbone
 
 __all__ = [
@@ -165,7 +166,7 @@ def pretrain_backbone(
         model_config: the referring model's config (its `backbone` and `backbone_norm`); the stem is
             trained too, whatever `train_backbone_stem` says, since nothing else would initialise it.
         config: the pretraining schedule (defaults: :class:`BackbonePretrainingConfig`).
-        device: where to train.
+        device: where to train (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`).
         on_step: called after every step with ``(step, loss, accuracy)`` (1-based step).
 
     Returns:
@@ -173,7 +174,7 @@ def pretrain_backbone(
         on the CPU, ready for :func:`bifit.training.checkpointing.load_backbone_weights`.
     """
     config = BackbonePretrainingConfig() if config is None else config
-    device = torch.device(device)
+    device = resolve_device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         backbone = ResNetBackbone(model_config.backbone, norm=model_config.backbone_norm, train_stem=True)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling.checkpoint import read_torch_file
+
 __all__ = [
     "atomic_save",
     "capture_rng_state",
@@ -31,11 +33,15 @@ __all__ = [
     "load_init_checkpoint",
     "load_latest_checkpoint",
     "load_training_checkpoint",
+    "remove_checkpoint_temporaries",
     "restore_rng_state",
     "save_training_checkpoint",
 ]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)\.pt$")
+# What `atomic_save` leaves of a checkpoint when the process is killed mid-write: the temporary file
+# that tempfile.mkstemp named `.<name>.<8 random characters>.tmp`.
+CHECKPOINT_TEMPORARY_PATTERN = re.compile(r"^\.checkpoint-\d+\.pt\.[a-z0-9_]{8}\.tmp$")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -63,8 +69,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # Writes through a file handle (a full disk) do not say which file failed; name the target.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     _fsync_dir(path.parent)
     return path
@@ -122,10 +131,32 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def remove_checkpoint_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint saves that were killed mid-write in `directory`.
+
+    Only plain files named exactly as `atomic_save` names a checkpoint's temporary are removed
+    (`.checkpoint-<step>.pt.<8 characters>.tmp`); call it only where no save is under way.
+
+    Returns:
+        the files removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if CHECKPOINT_TEMPORARY_PATTERN.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def save_training_checkpoint(directory: str | Path, state: dict[str, Any], keep_last: int) -> Path:
     """Write `state` (which must hold an int `step`) as `directory/checkpoint-<step>.pt` atomically,
-    then delete all but the newest `keep_last` checkpoints."""
+    then delete all but the newest `keep_last` checkpoints. Temporaries of earlier, interrupted saves
+    are deleted first; a failed write (a full disk) leaves the earlier checkpoints as they were."""
     directory = Path(directory)
+    remove_checkpoint_temporaries(directory)  # first: on a full disk their space may be what this save needs
     path = atomic_save(state, directory / f"checkpoint-{int(state['step']):08d}.pt")
     for old in list_checkpoints(directory)[:-keep_last]:
         old.unlink(missing_ok=True)
@@ -137,10 +168,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file fails anywhere in the unpickler, with any exception type
-        raise ValueError(f"{path} is not a readable training checkpoint: {type(exc).__name__}: {exc}") from None
+    state = read_torch_file(path, "training checkpoint")
     required = ("model", "optimizer", "scheduler", "step", "epoch", "step_in_epoch", "rng")
     missing = [key for key in required if key not in state] if isinstance(state, dict) else list(required)
     if missing:
@@ -168,19 +196,17 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     Every convolution and batch-norm tensor of the four stages and the stem must be present with the
     backbone's shape; the classifier (`fc.*`) and `num_batches_tracked` counters are ignored.
     """
-    from ..modeling.checkpoint import CheckpointError, state_dict_differences
+    from ..modeling.checkpoint import CheckpointError, check_finite, state_dict_differences
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt archives and refused pickles surface as several types
-        raise CheckpointError(f"{path} is not a readable torchvision state dict: {exc}") from None
+    state = read_torch_file(path, "torchvision state dict")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    check_finite(state, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     body = model.backbone.body
     expected = body.state_dict()

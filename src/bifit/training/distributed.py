@@ -20,13 +20,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..devices import resolve_device
+
 __all__ = [
     "DistInfo",
     "ResumableDistributedSampler",
     "all_reduce_mean",
     "cleanup_distributed",
     "init_distributed",
-    "resolve_device",
     "seed_everything",
 ]
 
@@ -49,31 +50,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` (this process's local GPU) or `cuda:N`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device("cpu")
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group described by torchrun's environment, or run as one process.
 
     Args:
-        device: see `resolve_device`; under torchrun `cuda` means the GPU `LOCAL_RANK`.
+        device: a name `bifit.devices.resolve_device` accepts; under torchrun `auto` and `cuda`
+            mean the GPU `LOCAL_RANK`.
         timeout_s: how long collective operations wait for the other ranks.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
+    resolved = resolve_device(device, local_rank=local_rank)
     if world_size > 1:
+        if resolved.type not in ("cuda", "cpu"):
+            raise ValueError(f"several processes train on CUDA (NCCL) or the CPU (gloo), not on {resolved.type}")
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         backend = "nccl" if resolved.type == "cuda" else "gloo"

@@ -35,13 +35,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..data.collate import collate_expressions
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import save_pretrained
+from ..modeling.checkpoint import remove_save_leftovers, save_pretrained
 from ..modeling.text_encoder import TextEncoder
 from .checkpointing import (
     capture_rng_state,
     load_backbone_weights,
     load_init_checkpoint,
     load_latest_checkpoint,
+    remove_checkpoint_temporaries,
     restore_rng_state,
     save_training_checkpoint,
 )
@@ -56,6 +57,7 @@ from .distributed import (
     seed_everything,
 )
 from .optim import build_optimizer, build_scheduler
+from .preemption import StopSignals, TrainingInterrupted, agree_to_stop
 
 __all__ = ["TrainResult", "build_train_dataset", "build_training_model", "set_train_mode", "train"]
 
@@ -202,8 +204,17 @@ def _prepare_output_dir(output_dir: Path, config: TrainingConfig, resume: bool, 
 def _clear_run(output_dir: Path) -> None:
     for name in (CHECKPOINT_DIR, FINAL_DIR, TENSORBOARD_DIR):
         shutil.rmtree(output_dir / name, ignore_errors=True)
+    remove_save_leftovers(output_dir / FINAL_DIR)
     for name in (CONFIG_FILE, METRICS_FILE):
         (output_dir / name).unlink(missing_ok=True)
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    """Temporaries of saves that a kill interrupted in an earlier run of `output_dir`."""
+    removed = remove_checkpoint_temporaries(output_dir / CHECKPOINT_DIR) + remove_save_leftovers(output_dir / FINAL_DIR)
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        print(f"removed {len(removed)} leftover(s) of interrupted saves: {names}", flush=True)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -320,6 +331,8 @@ def _train(
     if dist_info.is_main:
         if overwrite:
             _clear_run(output_dir)
+        elif resume:
+            _remove_leftovers(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         config.save_json(output_dir / CONFIG_FILE)
 
@@ -390,7 +403,8 @@ def _train(
             seed_everything(config.seed + dist_info.rank + step)
     del loaded
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> Path | None:
+        """Every rank takes part (the random states are gathered); rank 0 writes and returns the path."""
         rng = _gather_rng(dist_info)
         if dist_info.is_main:
             state = {
@@ -404,14 +418,17 @@ def _train(
                 "world_size": dist_info.world_size,
                 "rng": rng,
             }
-            save_training_checkpoint(checkpoint_dir, state, config.keep_last)
+            return save_training_checkpoint(checkpoint_dir, state, config.keep_last)
+        return None
 
     last_metrics: dict[str, float] = {}
-    last_saved = step
+    last_saved, last_checkpoint = step, None
+    stop = None
     set_train_mode(model, config.disable_dropout)
-    try:
+    # From here on SIGTERM and SIGINT stop the run after the current step, with a checkpoint.
+    with StopSignals(announce=dist_info.is_main) as signals, contextlib.closing(log):
         for epoch in range(start_epoch, config.epochs):
-            if step >= total_steps:
+            if step >= total_steps or stop is not None:
                 break
             first = start_step_in_epoch if epoch == start_epoch else 0
             batches = _epoch_batches(dataset, sampler, config, epoch, first, dist_info)
@@ -431,23 +448,31 @@ def _train(
                                     "clips_per_s": clips_per_s, "time": time.time()}
                     log.write(last_metrics)
                 if config.save_every and step % config.save_every == 0 and step_in_epoch + 1 < steps_per_epoch:
-                    save_checkpoint(epoch, step_in_epoch + 1)
+                    last_checkpoint = save_checkpoint(epoch, step_in_epoch + 1)
                     last_saved = step
+                # Every rank asks after every step (a collective); a request during the last step changes
+                # nothing, as the run ends and saves anyway.
+                stop = agree_to_stop(signals.received, device) if step < total_steps else None
+                if stop is not None:
+                    break
             if step == (epoch + 1) * steps_per_epoch:
                 # The epoch ran to its end: drop the LR as scheduled, then checkpoint the next epoch's start.
                 scheduler.step()
-                save_checkpoint(epoch + 1, 0)
+                last_checkpoint = save_checkpoint(epoch + 1, 0)
                 last_saved = step
         if last_saved != step:
-            save_checkpoint(step // steps_per_epoch, step % steps_per_epoch)
-    finally:
-        log.close()
+            last_checkpoint = save_checkpoint(step // steps_per_epoch, step % steps_per_epoch)
+        if dist_info.distributed:
+            dist.barrier()  # rank 0's checkpoint is on disk before any rank stops or goes on
+        if stop is not None:
+            raise TrainingInterrupted(stop.name, step, last_checkpoint)
 
-    final_dir = None
-    if dist_info.is_main:
-        final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
-    if dist_info.distributed:
-        dist.barrier()
+        final_dir = None
+        if dist_info.is_main:
+            remove_save_leftovers(output_dir / FINAL_DIR)
+            final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
+        if dist_info.distributed:
+            dist.barrier()
     return TrainResult(output_dir, step, step // steps_per_epoch, final_dir, last_metrics)
 
 
