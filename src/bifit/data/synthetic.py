@@ -4,10 +4,12 @@ Each clip shows 2-4 shapes (by default) moving in straight lines over a textured
 Shapes overlap in a random depth order, so nearer ones occlude farther ones, and some leave the
 frame during the clip, so their masks are empty in the last frames. Objects often share colour,
 shape or size with another object, so an expression may need colour, shape, size, position and
-motion together to pick one out: "the small red circle moving left", "the square at the top".
+motion together to pick one out: "the small red circle standing still", "the square at the top".
 
 Every expression attached to an object is checked to describe that object and no other in its
-clip. Ground truth is exact: a mask holds the pixels where the object is visible (not hidden by a
+clip. Expressions say whether an object moves, never in which direction: BIFIT cannot see the
+order of frames (its outputs for permuted frames are the permuted outputs), so "moving left" and
+"moving right" would be the same clip to it, a question without an answer. Ground truth is exact: a mask holds the pixels where the object is visible (not hidden by a
 nearer object, inside the frame).
 
 :func:`generate_clip` returns a raw clip (uint8 frames, objects with masks, boxes and
@@ -64,13 +66,14 @@ COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 SIZES: tuple[str, ...] = ("small", "big")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
-MOTIONS: tuple[str, ...] = (*DIRECTIONS, "still")
+# What an expression may say of an object's motion.
+MOTIONS: tuple[str, ...] = ("moving", "still")
 # What an expression may refer to; "position" covers the vertical and the horizontal extreme.
 ATTRIBUTE_TYPES: tuple[str, ...] = ("colour", "shape", "size", "position", "motion")
 
 # Radius ranges (fraction of the shorter frame side) of a shape with the area of a circle of that
 # radius; the gap between them keeps "small" and "big" unambiguous.
-_RADIUS_RANGE = MappingProxyType({"small": (0.085, 0.105), "big": (0.16, 0.20)})
+_RADIUS_RANGE = MappingProxyType({"small": (0.11, 0.13), "big": (0.19, 0.23)})
 # An object counts as recognisable in a frame when this fraction of its shape is visible.
 _VISIBLE_FRACTION = 0.35
 # "At the top" etc. needs this margin (fraction of the frame side) over every other object.
@@ -78,15 +81,7 @@ _POSITION_MARGIN = 0.1
 _MAX_ATTEMPTS = 200
 _MAX_OBJECTS = 12
 
-_MOTION_PHRASE = MappingProxyType(
-    {
-        "left": "moving left",
-        "right": "moving right",
-        "up": "moving up",
-        "down": "moving down",
-        "still": "standing still",
-    }
-)
+_MOTION_PHRASE = MappingProxyType({"moving": "moving", "still": "standing still"})
 
 Descriptor = tuple[tuple[str, str], ...]
 
@@ -115,7 +110,7 @@ class SceneConfig:
     num_frames: int = 6
     size: tuple[int, int] = (96, 128)
     min_objects: int = 2
-    max_objects: int = 4
+    max_objects: int = 3
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
     shapes: tuple[str, ...] = ("circle", "square", "triangle")
     attributes: tuple[str, ...] = ATTRIBUTE_TYPES
@@ -160,15 +155,21 @@ class ObjectAttributes:
 
     ``vertical`` is "top"/"bottom" and ``horizontal`` "left"/"right" when the object is the extreme
     one of its clip on that axis (by a margin, in every frame it shares with each other object),
-    otherwise None. ``motion`` is the direction of its straight-line motion or "still".
+    otherwise None. ``direction`` is the direction of its straight-line motion (one of
+    :data:`DIRECTIONS`) or "still"; expressions state only ``motion``, "moving" or "still".
     """
 
     colour: str
     shape: str
     size: str
-    motion: str
+    direction: str
     vertical: str | None
     horizontal: str | None
+
+    @property
+    def motion(self) -> str:
+        """What an expression may say of the motion: "moving" or "still"."""
+        return "still" if self.direction == "still" else "moving"
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,7 +213,7 @@ class _Plan:
     shape: str
     size: str
     radius: float
-    motion: str
+    direction: str
     centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [T, 2] (x, y), set by _plan_motion
 
 
@@ -222,7 +223,7 @@ def matches(attributes: ObjectAttributes, descriptor: Descriptor) -> bool:
 
 
 def describe(descriptor: Descriptor) -> str:
-    """The English expression for a descriptor, e.g. "the small red circle moving left"."""
+    """The English expression for a descriptor, e.g. "the small red circle standing still"."""
     stated = dict(descriptor)
     words = ["the"]
     if "size" in stated:
@@ -341,15 +342,15 @@ def _axis_path(rng: np.random.Generator, length: int, extent: float, num_frames:
 
 
 def _plan_motion(rng: np.random.Generator, plan: _Plan, config: SceneConfig) -> None:
-    """Fill ``plan.centres`` with a straight-line trajectory matching ``plan.motion``."""
+    """Fill ``plan.centres`` with a straight-line trajectory matching ``plan.direction``."""
     height, width = config.size
     ex, ey = _half_extent(plan.shape, plan.radius)
     num_frames = config.num_frames
-    if plan.motion == "still":
+    if plan.direction == "still":
         centre = (rng.uniform(ex, width - 1 - ex), rng.uniform(ey, height - 1 - ey))
         plan.centres = np.tile(np.array(centre, dtype=np.float64), (num_frames, 1))
         return
-    horizontal = plan.motion in ("left", "right")
+    horizontal = plan.direction in ("left", "right")
     along_len, along_ext = (width, ex) if horizontal else (height, ey)
     across_len, across_ext = (height, ey) if horizontal else (width, ex)
     leave = num_frames >= 2 and rng.random() < config.leave_prob
@@ -358,7 +359,7 @@ def _plan_motion(rng: np.random.Generator, plan: _Plan, config: SceneConfig) -> 
         along = _axis_path(rng, along_len, along_ext, num_frames, False)
     if along is None:
         raise ValueError(f"frames of size {config.size} are too small for the shapes to move in")
-    if plan.motion in ("left", "up"):
+    if plan.direction in ("left", "up"):
         along = along_len - 1 - along
     # A slight drift across the main direction keeps the motion from looking axis-locked.
     drift = rng.uniform(-0.06, 0.06) * across_len
@@ -458,10 +459,10 @@ def _try_generate(rng: np.random.Generator, config: SceneConfig) -> SyntheticCli
     plans: list[_Plan] = []
     for colour, shape, size in _sample_kinds(rng, count, config):
         low, high = _RADIUS_RANGE[size]
-        motion = "still"
+        direction = "still"
         if num_frames > 1 and rng.random() >= config.still_prob:
-            motion = DIRECTIONS[rng.integers(len(DIRECTIONS))]
-        plan = _Plan(colour, shape, size, rng.uniform(low, high) * short_side, motion)
+            direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
+        plan = _Plan(colour, shape, size, rng.uniform(low, high) * short_side, direction)
         _plan_motion(rng, plan, config)
         if plans and rng.random() < config.occlude_prob:
             _place_to_occlude(rng, plan, plans[rng.integers(len(plans))], num_frames)
@@ -496,7 +497,7 @@ def _try_generate(rng: np.random.Generator, config: SceneConfig) -> SyntheticCli
             colour=p.colour,
             shape=p.shape,
             size=p.size,
-            motion=p.motion,
+            direction=p.direction,
             vertical="top" if vertical[i][0] else "bottom" if vertical[i][1] else None,
             horizontal="left" if horizontal[i][0] else "right" if horizontal[i][1] else None,
         )
