@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import BifitConfig, get_preset, read_json_object
-from ..modeling.text_encoder import MINILM_PACKAGE
+from ..config import MINILM_PACKAGE, BifitConfig, get_preset, read_json_object
 
 __all__ = [
+    "BackbonePretrainingConfig",
     "DATASETS",
     "TRAINING_PRESETS",
     "TrainingConfig",
@@ -195,6 +195,46 @@ class TrainingConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainingConfig":
         return cls.from_dict(read_json_object(path, "training config"))
+
+
+@dataclass(frozen=True)
+class BackbonePretrainingConfig:
+    """How the backbone is pretrained.
+
+    Attributes:
+        steps: optimiser steps.
+        clips_per_step: synthetic clips per step; every frame of a clip is a training image.
+        num_frames: frames per clip.
+        size: ``(H, W)`` of the frames; the size the referring model will be trained at.
+        lr, weight_decay: AdamW settings.
+        grad_clip: maximal gradient norm.
+        background_weight: weight of background pixels in the loss (object pixels weigh 1): the
+            background is most of every frame but the easy part.
+        seed: seed of the clips and of the initial weights.
+    """
+
+    steps: int = 1500
+    clips_per_step: int = 6
+    num_frames: int = 6
+    size: tuple[int, int] = (96, 128)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    background_weight: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "clips_per_step", "num_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "background_weight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        from ..data.synthetic import SceneConfig
+
+        SceneConfig(num_frames=self.num_frames, size=tuple(self.size))  # validates the frame size
 
 
 def _tiny_synthetic_model() -> BifitConfig:
