@@ -17,8 +17,6 @@ from bifit.data.synthetic import (
     describe,
     generate_clip,
     matches,
-    render_strip,
-    save_png,
 )
 from bifit.data.targets import boxes_from_masks
 
@@ -369,23 +367,6 @@ def test_impossible_scene_raises_value_error():
     config = SceneConfig(colours=("red",), shapes=("circle",), attributes=("colour", "shape"), min_objects=2)
     with pytest.raises(ValueError, match="unique expression"):
         generate_clip(0, config)
-
-
-def test_render_strip_and_save_png(tmp_path):
-    clip = generate_clip(4, SceneConfig(num_frames=3, size=(40, 50)))
-    obj = clip.objects[0]
-    plain = render_strip(clip.frames, obj.masks, gap=2)
-    assert plain.shape == (40, 3 * 50 + 2 * 2, 3) and plain.dtype == np.uint8
-    outside = ~obj.masks[0]
-    assert np.array_equal(plain[:, :50][outside], clip.frames[0][outside] // 3)
-    assert np.array_equal(plain[:, :50][~outside], clip.frames[0][~outside])
-    strip = render_strip(clip.frames, obj.masks, obj.boxes, gap=2)
-    x1, y1, _, y2 = obj.boxes[0].astype(int)
-    assert obj.valid[0] == 1 and np.all(strip[y1 : y2 + 1, x1] == 255)
-    path = save_png(strip, tmp_path / "strips" / "clip.png")
-    from PIL import Image
-
-    assert np.array_equal(np.asarray(Image.open(path)), strip)
 
 
 def test_many_small_clips_generate_without_error():

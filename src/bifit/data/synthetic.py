@@ -24,7 +24,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -49,8 +48,6 @@ __all__ = [
     "generate_clip",
     "matches",
     "pick_expression",
-    "render_strip",
-    "save_png",
 ]
 
 COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
@@ -664,44 +661,3 @@ def denormalize_video(video: Tensor) -> np.ndarray:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     pixels = (video.detach().cpu().float() * std + mean) * 255.0
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def render_strip(
-    frames: np.ndarray, masks: np.ndarray | None = None, boxes: np.ndarray | None = None, gap: int = 2
-) -> np.ndarray:
-    """Frames side by side with a mask overlay and boxes, for looking at samples.
-
-    Args:
-        frames: uint8 [T, H, W, 3].
-        masks: optional bool [T, H, W]; pixels outside the mask are darkened.
-        boxes: optional [T, 4] ``xyxy`` pixel boxes; all-zero boxes are skipped.
-        gap: white pixels between frames.
-
-    Returns:
-        uint8 [H, T*W + (T-1)*gap, 3].
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    num_frames, height, width, _ = frames.shape
-    out = np.full((height, num_frames * width + (num_frames - 1) * gap, 3), 255, dtype=np.uint8)
-    for t in range(num_frames):
-        tile = frames[t].copy()
-        if masks is not None:
-            tile[~masks[t]] //= 3
-        if boxes is not None and np.any(boxes[t] != 0):
-            x1, y1, x2, y2 = (round(float(v)) for v in boxes[t])
-            tile[y1 : y2 + 1, [x1, x2]] = 255
-            tile[[y1, y2], x1 : x2 + 1] = 255
-        left = t * (width + gap)
-        out[:, left : left + width] = tile
-    return out
-
-
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write a uint8 [H, W, 3] image as PNG, creating the folder; returns the path."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
