@@ -163,6 +163,22 @@ def test_mp4_writer_pads_odd_sizes_and_refuses_size_changes(tmp_path):
     assert read_video_file(tmp_path / "odd.mp4").frames.shape == (1, 16, 22, 3)
 
 
+def test_gif_keeps_the_legend_colours_of_an_overlay(tmp_path):
+    from bifit.data.synthetic import COLOURS, SceneConfig, generate_clip
+
+    clip = generate_clip(3, SceneConfig(num_frames=1))
+    masks = np.stack([o.masks[0] for o in clip.objects])
+    masks[1] = False  # this expression's colour is only in its legend swatch
+    colors = color_palette(len(masks), avoid=list(COLOURS.values()))
+    frame = render_overlay(clip.frames[0], masks, None, colors, legend=["a"] * len(masks), scale=4)
+    path = write_gif(tmp_path / "overlay.gif", [frame], fps=5, max_side=None)
+    with Image.open(path) as gif:
+        decoded = np.asarray(gif.convert("RGB")).astype(int)
+    legend = decoded[384:]
+    for color in colors:
+        assert np.abs(legend - color).max(axis=2).min() <= 4, color
+
+
 def test_gif_writer_keeps_every_frame_shrunk_to_max_side(tmp_path):
     frames = _frames(4, 60, 100)
     path = write_gif(tmp_path / "out.gif", frames, fps=5, max_side=50)

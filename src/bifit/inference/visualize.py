@@ -151,7 +151,7 @@ def _ring(mask: np.ndarray, inside: bool, width: int) -> np.ndarray:
 
 def _legend(width: int, texts: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
     """uint8 [h, width, 3]: one line per expression, its colour swatch then its text (cut to fit)."""
-    line = max(_MIN_LEGEND_LINE, width // 32)
+    line = max(_MIN_LEGEND_LINE, width // 24)
     image = Image.new("RGB", (width, line * len(texts) + line // 4), (24, 24, 24))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=max(8, line - 5))
@@ -333,7 +333,9 @@ class GifWriter:
             scale = self.max_side / max(image.size)
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
-        self._frames.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256))
+        # Octree quantisation keeps small patches of rare colours (a legend swatch, a thin outline) that
+        # the median cut of Pillow's adaptive palette merges into their neighbours.
+        self._frames.append(image.quantize(256, method=Image.Quantize.FASTOCTREE))
 
     def close(self) -> None:
         if not self._frames:
