@@ -1,7 +1,8 @@
 """End-to-end test of the web demo (`bifit app`) in headless Chromium driven by Selenium.
 
 The page is served in-process on 127.0.0.1 with the bundled demo model; the browser picks the
-bundled example, runs it and must show the overlay video and one results row per expression.
+bundled example, runs it and must show the overlay video and one results row per expression; leaving
+the page removes the session's overlay, and a video above the upload limit is refused in the page.
 Skipped only where Gradio, Selenium, Chromium or its driver is not installed (CI installs
 Debian's `chromium` and `chromium-driver`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -53,12 +55,14 @@ def _free_port() -> int:
 def app_url(tmp_path_factory: pytest.TempPathFactory):
     segmenter = Segmenter(load_demo_model(), short_side=min(demo_info().frame_size))
     port = _free_port()
-    app = serve(segmenter, tmp_path_factory.mktemp("app"), port=port,
-                example=(example_video(), example_expressions()), block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
+    with pytest.MonkeyPatch.context() as patch:  # a private Gradio folder, to see what the page leaves in it
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        app = serve(segmenter, port=port, example=(example_video(), example_expressions()), block=False,
+                    max_upload_mb=0.5)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.close()
 
 
 @pytest.fixture()
@@ -116,3 +120,34 @@ def test_a_failed_request_shows_its_error_and_no_earlier_result(app_url: str, br
     browser.find_element(By.CSS_SELECTOR, "#bifit-run").click()
     wait.until(lambda d: "no expression given" in d.find_element(By.TAG_NAME, "body").text)
     assert not browser.find_elements(By.CSS_SELECTOR, "#bifit-results tr")
+
+
+def _served_path(video) -> Path:
+    """The file behind a <video> of the page (Gradio serves files at /gradio_api/file=<path>)."""
+    return Path(unquote(urlparse(video.get_attribute("src")).path.split("file=", 1)[1]))
+
+
+def test_closing_the_page_removes_the_overlay_of_its_session(app_url: str, browser) -> None:
+    wait = WebDriverWait(browser, 45)
+    browser.get(app_url)
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'synthetic shapes')]"))).click()
+    textbox = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#bifit-expressions textarea")))
+    wait.until(lambda _: textbox.get_attribute("value").strip() != "")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#bifit-video video")))
+    browser.find_element(By.CSS_SELECTOR, "#bifit-run").click()
+    video = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#bifit-overlay video")))
+    overlay = _served_path(video)
+    assert overlay.is_file() and overlay.parent.name.startswith("bifit-request-")
+    browser.get("about:blank")  # the tab leaves the page: its session ends
+    WebDriverWait(browser, 30).until(lambda _: not overlay.parent.exists())
+
+
+def test_a_video_above_the_upload_limit_is_refused_in_the_page(app_url: str, browser, tmp_path: Path) -> None:
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * 600_000)  # the fixture's limit is 0.5 MB
+    wait = WebDriverWait(browser, 45)
+    browser.get(app_url)
+    upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#bifit-video input[type=file]")))
+    upload.send_keys(str(big))
+    # Gradio's page says 'File(s) exceed the maximum allowed size of 512.0 Kb: "big.mp4"'.
+    wait.until(lambda d: 'maximum allowed size of 512.0 Kb: "big.mp4"' in d.find_element(By.TAG_NAME, "body").text)

@@ -42,6 +42,11 @@ def test_convert_refuses_to_overwrite_and_names_missing_files(official_pth, tmp_
     assert code == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+    code = main(["convert", str(official_pth), str(out), "--text-encoder", str(FIXTURES / "tiny_roberta"), "--overwrite"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is not a bifit checkpoint" in err and "keep.txt" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     code = main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "x"), "--text-encoder", str(FIXTURES / "tiny_roberta")])
     assert code == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from media import write_video
+from media import png_header_only, write_video
 import bifit
 from bifit.cli import main
 from bifit.commands.segment import slugify
@@ -131,6 +132,13 @@ def _bad_video(kind: str, tmp_path: Path) -> Path:
         return path
     if kind == "no frames":
         return write_video(tmp_path / "empty.avi", np.zeros((0, 16, 16, 3), dtype=np.uint8), fps=10)
+    if kind == "bomb":
+        return png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    if kind == "same names":
+        (tmp_path / "frames").mkdir()
+        for name in ("0000.jpg", "0001.jpg", "0001.png"):
+            Image.new("RGB", (16, 16)).save(tmp_path / "frames" / name)
+        return tmp_path / "frames"
     (tmp_path / "empty_folder").mkdir()
     return tmp_path / "empty_folder"
 
@@ -143,6 +151,8 @@ def _bad_video(kind: str, tmp_path: Path) -> Path:
         ("unreadable", "cannot decode video"),
         ("no frames", "contains no frames"),
         ("empty folder", "contains no images"),
+        ("bomb", "bomb.png: Image size (900000000 pixels) exceeds limit"),
+        ("same names", "holds 0001.jpg and 0001.png"),
     ],
 )
 def test_bad_videos_fail_with_one_clear_message(checkpoint, tmp_path, capsys, kind, message, clip_length):
@@ -160,6 +170,7 @@ def test_bad_videos_fail_with_one_clear_message(checkpoint, tmp_path, capsys, ki
         ([""], "expression 1 is empty"),
         (["a dog", "   "], "expression 2 is empty"),
         ([" ".join(["dog"] * 40)], "is 42 tokens long; the text encoder accepts at most 32"),
+        (["caf\udce9 au lait"], "expression 1 is not valid UTF-8 text (byte 0xe9 at position 3)"),
     ],
 )
 def test_bad_expressions_fail_with_one_clear_message(checkpoint, frames, tmp_path, capsys, texts, message):
@@ -193,3 +204,93 @@ def test_checkpoints_of_the_wrong_kind_fail_with_one_clear_message(checkpoint, f
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def _earlier_run(checkpoint, frames, world: Path) -> tuple[list[str], Path]:
+    """A finished `bifit segment` run in world/out, beside a file of the user's (world/keep.txt) and with one
+    of the user's own files inside out (out/notes.txt)."""
+    image = world / "photo.png"
+    world.mkdir()
+    Image.fromarray(frames[0]).save(image)
+    (world / "keep.txt").write_text("the parent's own file")
+    out = world / "out"
+    args = ["segment", str(image), "-c", str(checkpoint), "-o", str(out), *FAST]
+    assert main(args + ["-t", "a dog"]) == 0
+    (out / "notes.txt").write_text("mine")
+    return args, out
+
+
+@pytest.mark.parametrize("directory", ["..", "", "a/../..", "/ABSOLUTE", "notes.txt", "victim", "../keep.txt"])
+def test_overwrite_never_removes_what_a_tampered_summary_names(checkpoint, frames, tmp_path, directory):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    victim = tmp_path / "victim"  # a folder of the user's, outside, and one of the same name inside out
+    victim.mkdir()
+    (victim / "precious.txt").write_text("outside")
+    (out / "victim").mkdir()
+    (out / "victim" / "precious.txt").write_text("inside")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["expressions"][0]["directory"] = directory.replace("/ABSOLUTE", str(victim))
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(args + ["-t", "the red circle", "--overwrite"]) == 0
+    assert (world / "keep.txt").read_text() == "the parent's own file"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (victim / "precious.txt").read_text() == "outside"
+    assert (out / "victim" / "precious.txt").read_text() == "inside"
+    # The earlier run's folder is no longer listed by the summary, so it is not replaced either.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0_a_dog", "0_the_red_circle", "notes.txt", "overlay.gif", "overlay.mp4", "summary.json", "victim"
+    ]
+
+
+def test_overwrite_removes_links_as_links_and_never_follows_them(checkpoint, frames, tmp_path):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "00000.png").write_text("not a mask of ours")
+    (outside / "masks").mkdir()
+    (outside / "masks" / "photo.png").write_text("nor this")
+    (out / "1_a_cat").symlink_to(outside, target_is_directory=True)
+    shutil.rmtree(out / "0_a_dog" / "masks")
+    (out / "0_a_dog" / "masks").symlink_to(outside, target_is_directory=True)
+    (out / "overlay.gif").unlink()
+    (out / "overlay.gif").symlink_to(outside / "00000.png")
+    assert main(args + ["-t", "a dog", "-t", "a cat", "--overwrite"]) == 0
+    assert (outside / "00000.png").read_text() == "not a mask of ours"
+    assert (outside / "masks" / "photo.png").read_text() == "nor this"
+    for entry in ["0_a_dog", "0_a_dog/masks", "1_a_cat", "overlay.gif"]:
+        assert not (out / entry).is_symlink()
+    assert sorted(p.name for p in (out / "1_a_cat" / "masks").iterdir()) == ["photo.png"]
+
+
+@pytest.mark.parametrize("foreign", ["0_a_dog/my_notes.txt", "0_a_dog/masks/keep.jpg", "0_a_dog/masks/sub/x.png"])
+def test_overwrite_refuses_to_remove_a_folder_holding_the_users_files(checkpoint, frames, tmp_path, capsys, foreign):
+    world = tmp_path / "world"
+    args, out = _earlier_run(checkpoint, frames, world)
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("mine too")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(args + ["-t", "a dog", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an output of bifit segment" in err and str(out / foreign.split("/x.png")[0]) in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / foreign).read_text() == "mine too"
+
+
+def test_an_absurd_aspect_ratio_is_one_line_and_the_limit_can_be_raised(checkpoint, tmp_path, capsys):
+    Image.new("RGB", (4000, 2), (200, 30, 30)).save(tmp_path / "strip.png")
+    assert main(["segment", str(tmp_path / "strip.png"), "-t", "a dog", "-c", str(checkpoint), "-o",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bifit segment: error:") and len(err.splitlines()) == 1
+    assert "a 4000x2 frame resized to 720000x360" in err and "--max-long-side" in err
+    assert not (tmp_path / "out").exists()
+    Image.new("RGB", (100, 2), (200, 30, 30)).save(tmp_path / "short.png")
+    args = ["segment", str(tmp_path / "short.png"), "-t", "a dog", "-c", str(checkpoint), *FAST]
+    assert main(args + ["-o", str(tmp_path / "a"), "--max-long-side", "1000"]) == 2
+    assert "over the limit of 1000 px" in capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "b"), "--max-long-side", "1600"]) == 0
+    assert main(args + ["-o", str(tmp_path / "c"), "--max-long-side", "0"]) == 2
+    assert "--max-long-side must be >= 1" in capsys.readouterr().err

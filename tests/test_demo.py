@@ -184,3 +184,30 @@ def test_demo_rejects_bad_numbers(flag: str, value: str, tmp_path: Path, capsys:
     assert main(["demo", flag, value, "--output", str(tmp_path / "out")]) == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_never_writes_through_links_out_of_its_folder(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    assert main(["demo", "--clips", "2", "--frames", "2", "--output", str(output)]) == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("results.json", "clip0.gif", "clip1.mp4"):
+        (outside / name).write_bytes((output / name).read_bytes())
+        (output / name).unlink()
+        (output / name).symlink_to(outside / name)
+    before = {name: (outside / name).read_bytes() for name in ("results.json", "clip0.gif", "clip1.mp4")}
+    assert main(["demo", "--clips", "1", "--frames", "2", "--output", str(output)]) == 0
+    assert {name: (outside / name).read_bytes() for name in before} == before
+    # The earlier results.json (read through the link) listed clip1: the stale link is removed, as a link.
+    assert sorted(p.name for p in output.iterdir()) == ["clip0.gif", "clip0.mp4", "results.json"]
+    assert not any(p.is_symlink() for p in output.iterdir())
+
+
+def test_demo_refuses_a_folder_where_it_writes_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "out"
+    (output / "clip0.mp4").mkdir(parents=True)
+    (output / "clip0.mp4" / "mine.txt").write_text("mine")
+    assert main(["demo", "--clips", "1", "--frames", "2", "--output", str(output), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "clip0.mp4 is a folder, not an output of bifit demo" in err and len(err.splitlines()) == 1
+    assert (output / "clip0.mp4" / "mine.txt").read_text() == "mine"

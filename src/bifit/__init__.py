@@ -33,6 +33,7 @@ _EXPORTS = {
     "SegmentationResult": ".inference.predictor",
     "Segmenter": ".inference.predictor",
     "default_checkpoint": ".inference.predictor",
+    "OutputError": ".outputs",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -44,3 +45,4 @@ if TYPE_CHECKING:
     from .modeling.build import build_model
     from .modeling.checkpoint import CheckpointError, load_model, load_official_checkpoint, load_pretrained, save_pretrained
     from .modeling.text_encoder import ExpressionError, TextEncoder
+    from .outputs import OutputError

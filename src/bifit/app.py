@@ -7,11 +7,15 @@ and `serve`, so the rest of this module (the work done for a request) is usable 
 without it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Gradio passes the request to a handler only when the
+# `gr.Request` annotation is an object it can resolve, and `gr` is imported inside `build_app`.
+import contextlib
+import filecmp
 import html
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +25,24 @@ import numpy as np
 
 from .inference.predictor import Segmenter
 
-__all__ = ["ExpressionSummary", "build_app", "parse_expressions", "results_html", "segment_to_overlay", "serve"]
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_MB",
+    "ExpressionSummary",
+    "SessionFiles",
+    "build_app",
+    "parse_expressions",
+    "results_html",
+    "segment_to_overlay",
+    "serve",
+]
 
 #: Frame rate of the overlay when the input has none (frame folders, images).
 DEFAULT_FPS = 8.0
+#: Default cap on the size of an uploaded video, in megabytes (`bifit app --max-upload-mb`).
+DEFAULT_MAX_UPLOAD_MB = 200
+#: (every, older than) seconds: Gradio also removes this app's files older than a day, hourly (for
+#: sessions whose end was never seen), and all of them when the server stops.
+_CACHE_SWEEP = (3600, 86400)
 TITLE = "BIFIT: segment what a sentence describes in a video"
 
 
@@ -123,37 +141,117 @@ _CSS = """
 """
 
 
+class SessionFiles:
+    """The files this app's requests wrote, by browser session, each removed once it is no longer shown.
+
+    Tracked: uploaded videos and the request folders that hold the overlays. A request's folder goes
+    when a later request of the same session replaces its overlay on the page; all of a session's
+    files go when the session ends (its tab is closed or reloaded); whatever is left goes when the app
+    stops. Only tracked paths are removed, and a folder that held an upload only once it is empty.
+
+    Args:
+        keep: files never removed (the bundled example, which every session shares).
+    """
+
+    def __init__(self, keep: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self._keep = [Path(p) for p in keep]
+        self._lock = threading.Lock()
+        self._uploads: dict[str, set[Path]] = {}
+        self._outputs: dict[str, list[Path]] = {}
+
+    def _kept(self, path: Path) -> bool:
+        # Gradio's cache is content-addressed: a copy of the example with its name is the example.
+        return any(path.name == k.name and filecmp.cmp(path, k, shallow=False) for k in self._keep if k.is_file())
+
+    def add_upload(self, session: str, path: str | os.PathLike[str], uploads: str | os.PathLike[str]) -> None:
+        """Track an uploaded file of `session` if it lies in the folder `uploads` (Gradio's; a file served
+        from anywhere else is not the app's), and is not the bundled example."""
+        path = Path(path)
+        if path.is_file() and path.resolve().is_relative_to(Path(uploads).resolve()) and not self._kept(path):
+            with self._lock:
+                self._uploads.setdefault(session, set()).add(path)
+
+    def add_output(self, session: str, folder: str | os.PathLike[str]) -> None:
+        """Track the folder of a finished request of `session`, removing the earlier ones it replaces."""
+        with self._lock:
+            earlier = self._outputs.get(session, [])
+            self._outputs[session] = [Path(folder)]
+        for old in earlier:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def end_session(self, session: str) -> None:
+        """Remove every file of `session`."""
+        with self._lock:
+            uploads, outputs = self._uploads.pop(session, set()), self._outputs.pop(session, [])
+        for folder in outputs:
+            shutil.rmtree(folder, ignore_errors=True)
+        for path in uploads:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # Gradio's folder for the upload, if nothing else is in it
+
+    def end_all(self) -> None:
+        """Remove the files of every session."""
+        with self._lock:
+            sessions = set(self._uploads) | set(self._outputs)
+        for session in sessions:
+            self.end_session(session)
+
+    def sessions(self) -> list[str]:
+        """The sessions that have files."""
+        with self._lock:
+            return sorted(set(self._uploads) | set(self._outputs))
+
+
 def build_app(
     segmenter: Segmenter,
-    work_dir: str | os.PathLike[str],
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,
     description: str = "",
+    files: SessionFiles | None = None,
 ) -> Any:
     """The Gradio page (a `gr.Blocks`), not yet launched.
 
     Args:
         segmenter: does the work; requests are served one at a time.
-        work_dir: overlays are written here (one sub-directory per request).
         example: (video, expressions) offered as a clickable example.
         description: markdown shown under the title (e.g. which model is loaded).
+        files: tracks what requests write (see `SessionFiles`); overlays go to a folder of their own
+            per request inside Gradio's cache folder, so Gradio serves them without another copy.
     """
     import gradio as gr
 
     from .modeling.text_encoder import ExpressionError
 
-    def run(video: str | None, text: str | None) -> tuple[str, str]:
-        out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=work_dir))
-        overlay = out_dir / "overlay.mp4"
+    files = files if files is not None else SessionFiles([example[0]] if example is not None else [])
+
+    def remember_upload(video: str | None, request: gr.Request) -> None:
+        if video is not None and request.session_hash is not None:
+            files.add_upload(request.session_hash, video, overlay.GRADIO_CACHE)
+
+    def run(video: str | None, text: str | None, request: gr.Request) -> tuple[str, str]:
+        remember_upload(video, request)
+        cache = Path(overlay.GRADIO_CACHE)
+        cache.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix="bifit-request-", dir=cache))
         try:
-            rows = segment_to_overlay(segmenter, video, parse_expressions(text), overlay)
-        except (ExpressionError, FileNotFoundError, ValueError) as exc:
+            rows = segment_to_overlay(segmenter, video, parse_expressions(text), out_dir / "overlay.mp4")
+        except (ExpressionError, FileNotFoundError, ValueError, OSError) as exc:
+            shutil.rmtree(out_dir, ignore_errors=True)
             raise gr.Error(str(exc)) from None
-        return str(overlay), results_html(rows, show_query=segmenter.model.config.num_queries > 1)
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        files.add_output(request.session_hash or "", out_dir)
+        return str(out_dir / "overlay.mp4"), results_html(rows, show_query=segmenter.model.config.num_queries > 1)
 
     def clear() -> tuple[None, str]:
         return None, ""
 
-    with gr.Blocks(title="bifit", analytics_enabled=False) as app:
+    def end_session(request: gr.Request) -> None:
+        if request.session_hash is not None:
+            files.end_session(request.session_hash)
+
+    with gr.Blocks(title="bifit", analytics_enabled=False, delete_cache=_CACHE_SWEEP) as app:
         gr.Markdown(f"## {TITLE}\n{description}")
         with gr.Row():
             with gr.Column():
@@ -167,28 +265,43 @@ def build_app(
         if example is not None:
             gr.Examples([[str(example[0]), "\n".join(example[1])]], inputs=[video, text], label="example",
                         example_labels=["synthetic shapes"])
+        video.upload(remember_upload, inputs=[video], outputs=None, show_progress="hidden")
         # The previous result goes as soon as a new request starts, so a failed one shows no stale table.
         button.click(clear, outputs=[overlay, table], queue=False).then(run, inputs=[video, text],
                                                                          outputs=[overlay, table])
+        app.unload(end_session)
     return app
 
 
 def serve(
     segmenter: Segmenter,
-    work_dir: str | os.PathLike[str],
     host: str = "127.0.0.1",
     port: int | None = None,
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,
     description: str = "",
     block: bool = True,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> Any:
     """Build the page and serve it on `host:port` (Gradio picks a free port from 7860 when None).
 
     With `block=False` it returns the running `gr.Blocks` at once (`.close()` stops it); otherwise
-    it serves until interrupted. Overlays are written under `work_dir`, which the caller owns.
+    it serves until interrupted. Uploads larger than `max_upload_mb` megabytes are refused (HTTP 413,
+    and a message in the page). When the server stops, every file its requests wrote is removed.
     """
-    app = build_app(segmenter, work_dir, example, description)
-    allowed = [str(work_dir)] + ([str(Path(example[0]).parent)] if example is not None else [])
+    if not max_upload_mb > 0:
+        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    files = SessionFiles([example[0]] if example is not None else [])
+    app = build_app(segmenter, example, description, files)
+
+    @contextlib.asynccontextmanager
+    async def remove_files_at_shutdown(_: Any) -> Any:
+        try:
+            yield
+        finally:
+            files.end_all()
+
+    allowed = [str(Path(example[0]).parent)] if example is not None else []
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
-               allowed_paths=allowed, css=_CSS, inbrowser=False, share=False)
+               allowed_paths=allowed, css=_CSS, inbrowser=False, share=False,
+               max_file_size=int(max_upload_mb * 1024 * 1024), app_kwargs={"lifespan": remove_files_at_shutdown})
     return app

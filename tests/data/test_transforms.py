@@ -53,6 +53,29 @@ def test_resized_hw_caps_the_long_side():
         T.resized_hw(0, 10, 360)
 
 
+@pytest.mark.parametrize("hw", [(480, 854), (720, 1280), (1080, 1920), (2160, 3840), (1280, 720), (360, 1440), (100, 100)])
+def test_the_long_side_limit_never_changes_a_normal_input_size(hw):
+    for short_side in (360, None):
+        expected = hw if short_side is None else T.resized_hw(*hw, short_side)
+        assert T.model_input_hw(*hw, short_side) == expected
+        assert T.model_input_hw(*hw, short_side, max_long_side=None) == expected
+
+
+def test_the_long_side_limit_refuses_absurd_shapes_and_can_be_raised():
+    with pytest.raises(T.FrameSizeError, match=r"a 4000x2 frame resized to 720000x360 \(shorter side 360\) has a "
+                       r"longer side of 720000 px, over the limit of 4096 px \(aspect ratio 2000:1\).*--max-long-side"):
+        T.model_input_hw(2, 4000, 360)
+    with pytest.raises(T.FrameSizeError, match="a 5000x4000 frame as it is has a longer side of 5000 px"):
+        T.model_input_hw(4000, 5000, None)
+    assert T.model_input_hw(2, 100, 32, max_long_side=1600) == (32, 1600)
+    with pytest.raises(T.FrameSizeError, match="over the limit of 1599 px"):
+        T.model_input_hw(2, 100, 32, max_long_side=1599)
+    assert T.model_input_hw(2, 4000, 360, max_long_side=None) == (360, 720000)
+    # A cap on the longer side (A2D/JHMDB) would shrink the shorter one to nothing: refused as well.
+    with pytest.raises(T.FrameSizeError, match="a 4000x2 frame resized to 0x0 .* no pixels left"):
+        T.model_input_hw(2, 4000, 360, max_size=640)
+
+
 def test_resize_pixels_match_torchvision_and_masks_use_nearest():
     clip, target = _clip(), _target()
     frames, out = T.resize(clip, target, 96)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from media import write_video
+from media import png_header_only, write_video
 from bifit.data.video import VideoFrameCache, read_frame_folder, read_frames, read_image, read_video_file
+from bifit.inference.benchmarks import load_frames
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
 
@@ -117,3 +120,67 @@ def test_cache_decodes_real_video_losslessly(tmp_path):
     path = write_video(tmp_path / "v.mp4", solid_frames(), fps=10)
     cached = VideoFrameCache(cache_dir=tmp_path / "cache").get("v", path)
     assert np.array_equal(np.asarray(cached), read_video_file(path).frames)
+
+
+def test_16_bit_greyscale_frames_are_scaled_to_8_bits_not_saturated(tmp_path):
+    ramp = (np.arange(24 * 40, dtype=np.uint32).reshape(24, 40) * 68).astype(np.uint16)  # 0 .. 65212
+    Image.fromarray(ramp).save(tmp_path / "pil.png")
+    cv2.imwrite(str(tmp_path / "cv2.png"), ramp)
+    cv2.imwrite(str(tmp_path / "cv2.tif"), ramp)
+    expected = np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    for name in ("pil.png", "cv2.png", "cv2.tif"):
+        with Image.open(tmp_path / name) as img:
+            assert img.mode.startswith("I;16")  # a real 16-bit file
+        frames = read_image(tmp_path / name).frames[0]
+        np.testing.assert_array_equal(frames, expected)
+        assert (frames == 255).mean() < 0.01  # convert("RGB") made 99.6% of it white
+        # The same reader feeds the benchmark predictions: the tensor equals that of the 8-bit frame.
+        Image.fromarray(expected).save(tmp_path / "eight.png")
+        np.testing.assert_array_equal(load_frames([tmp_path / name], 24)[0], load_frames([tmp_path / "eight.png"], 24)[0])
+
+
+def test_16_bit_colour_frames_keep_their_high_byte(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 65536, (16, 20, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb16.png").frames[0], (rgb >> 8).astype(np.uint8))
+
+
+def test_float_frames_are_refused_with_a_clear_message(tmp_path):
+    Image.fromarray(np.random.default_rng(0).random((8, 8)).astype(np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match=r"f.tif: its pixels are 32-bit floats \(mode F\)"):
+        read_image(tmp_path / "f.tif")
+
+
+def test_decompression_bombs_are_refused_naming_the_file(tmp_path, monkeypatch):
+    bomb = png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    assert bomb.stat().st_size < 100
+    with pytest.raises(ValueError, match=r"cannot read image .*bomb.png: Image size \(900000000 pixels\)"):
+        read_image(bomb)
+    with pytest.raises(ValueError, match="bomb.png"):
+        load_frames([bomb], 360)
+    # Between PIL's limit and twice it PIL only warns (and decodes); bifit refuses.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"big.png: Image size \(1200 pixels\) exceeds limit .*MAX_IMAGE_PIXELS"):
+            read_frame_folder(_folder_with(tmp_path, "big.png"))
+
+
+def _folder_with(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / name).rename(folder / name)
+    return folder
+
+
+def test_frames_whose_names_differ_only_in_extension_are_refused(tmp_path):
+    for name in ("0000.png", "0001.jpg", "0001.png", "0002.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    with pytest.raises(ValueError, match=r"holds 0001.jpg and 0001.png: frames are named by file name without ext"):
+        read_frame_folder(tmp_path)
+    (tmp_path / "0001.png").rename(tmp_path / "0001.PNG")
+    with pytest.raises(ValueError, match="0001.PNG and 0001.jpg"):
+        read_frames(tmp_path)
+    (tmp_path / "0001.PNG").unlink()
+    assert read_frame_folder(tmp_path).names == ["0000", "0001", "0002"]

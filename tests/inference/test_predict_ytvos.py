@@ -22,7 +22,7 @@ from predict_fixtures import (  # noqa: F401
 )
 
 import bifit
-from bifit.cli import main
+from bifit.cli import build_parser, main
 from bifit.data.ytvos import (
     ytvos_heldout_split,
     ytvos_heldout_videos,
@@ -34,6 +34,7 @@ from bifit.inference.ytvos_predict import (
     predict_ytvos,
     write_submission_zip,
 )
+from bifit.outputs import OutputError
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,24 @@ def test_bad_inputs_give_one_line_errors(ytvos_root, checkpoint, tmp_path, capsy
     assert "--clip-length must be >= 1" in capsys.readouterr().err
     assert main(predict_args(ytvos_root, tmp_path / "missing.pth", tmp_path / "o")) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # Frames of 46 x 30 become 61 x 40 at the test's shorter side: over a limit of 60.
+    assert main(predict_args(ytvos_root, checkpoint, tmp_path / "o", "--max-long-side", "60")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "00000.jpg: a 46x30 frame resized to 61x40" in err and "over the limit of 60 px" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_an_unwritable_output_is_one_error_naming_it(ytvos_root, checkpoint, tmp_path):
+    (tmp_path / "a_file").write_text("in the way")
+    args = build_parser().parse_args(predict_args(ytvos_root, checkpoint, tmp_path / "a_file" / "out"))
+    with pytest.raises(OutputError, match=r"cannot create the folder .*a_file/out/valid: Not a directory"):
+        args.func(args)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_zipping_names_the_zip_and_leaves_no_partial_file(valid_run, ytvos_root, tmp_path):
+    videos = ytvos_valid_videos(ytvos_root)
+    (tmp_path / ".submission.zip.partial").symlink_to("/dev/full")  # the zip is written beside, then renamed
+    with pytest.raises(OutputError, match=r"cannot write .*submission.zip: No space left on device"):
+        write_submission_zip(valid_run / "valid", videos, tmp_path / "submission.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import bifit
+from bifit.data.transforms import FrameSizeError
 from bifit.data.video import read_frames
 from bifit.inference.predictor import Segmenter, check_expressions, default_checkpoint
 from bifit.inference.visualize import write_mp4
@@ -181,6 +182,9 @@ def test_video_file_folder_image_and_stride(model, tmp_path):
         ([""], "expression 1 is empty"),
         (["a dog", "   \t"], "expression 2 is empty"),
         (["a dog", 3], "expression 2 is a int"),
+        # Latin-1 bytes on a UTF-8 command line reach Python as surrogate escapes.
+        (["a dog", "caf\udce9 au lait"], r"expression 2 is not valid UTF-8 text \(byte 0xe9 at position 3\)"),
+        (["\ud83d"], r"expression 1 is not valid UTF-8 text \(character U\+D83D at position 0\)"),
     ],
 )
 def test_bad_expressions_are_refused_before_any_work(expressions, message):
@@ -192,6 +196,13 @@ def test_an_expression_longer_than_the_text_encoder_accepts_is_refused(model, vi
     too_long = " ".join(["dog"] * 40)  # the tiny BERT accepts 32 tokens
     with pytest.raises(ExpressionError, match=r"expression 2 .* is 42 tokens long; the text encoder accepts at most 32"):
         Segmenter(model, short_side=SHORT).segment(video, ["a dog", too_long])
+
+
+def test_the_text_encoder_refuses_text_that_is_not_utf8_whatever_its_route(model, video):
+    with pytest.raises(ExpressionError, match=r"caption 1 is not valid UTF-8 text \(byte 0xff at position 2\)"):
+        model.text_encoder.tokenize(["a dog", "a \udcff"], "cpu")
+    with pytest.raises(ExpressionError, match="expression 1 is not valid UTF-8"):
+        Segmenter(model, short_side=SHORT).segment(video, ["a \udcff"])
 
 
 def test_bad_videos_and_settings_get_clear_errors(model, tmp_path):
@@ -212,6 +223,35 @@ def test_bad_videos_and_settings_get_clear_errors(model, tmp_path):
         Segmenter(model, frame_stride=0)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         Segmenter(tmp_path / "nowhere")
+
+
+def test_absurd_aspect_ratios_are_refused_before_the_model_runs(model, tmp_path, monkeypatch):
+    Image.new("RGB", (4000, 2), (200, 30, 30)).save(tmp_path / "strip.png")
+    (tmp_path / "frames").mkdir()
+    Image.new("RGB", (4000, 2)).save(tmp_path / "frames" / "0.png")
+    monkeypatch.setattr(Segmenter, "_forward", lambda *a: pytest.fail("the model ran"))
+    for source in (tmp_path / "strip.png", tmp_path / "frames", np.zeros((3, 2, 4000, 3), np.uint8)):
+        for clip_length in (None, 2):
+            with pytest.raises(FrameSizeError, match=r"a 4000x2 frame resized to 720000x360 .* the limit of 4096 px"):
+                Segmenter(model, clip_length=clip_length).segment(source, ["a dog"])
+    with pytest.raises(FrameSizeError, match="strip.png: a 4000x2 frame"):
+        Segmenter(model).segment(tmp_path / "strip.png", ["a dog"])
+    with pytest.raises(FrameSizeError, match=r"video array of shape \(1, 2, 100, 3\): .* limit of 1000 px"):
+        Segmenter(model, short_side=SHORT, max_long_side=1000).segment(np.zeros((1, 2, 100, 3), np.uint8), "a dog")
+    with pytest.raises(ValueError, match="max_long_side must be a positive"):
+        Segmenter(model, max_long_side=0)
+
+
+def test_the_long_side_limit_can_be_raised_and_changes_no_result(model, video):
+    strip = np.random.default_rng(1).integers(0, 256, (2, 2, 100, 3), dtype=np.uint8)
+    (r,) = Segmenter(model, short_side=SHORT).segment(strip, "a dog")  # 32 x 1600: under the default limit
+    assert r.masks.shape == (2, 2, 100)
+    (r,) = Segmenter(model, short_side=SHORT, max_long_side=1600).segment(strip, "a dog")
+    assert r.masks.shape == (2, 2, 100)
+    limited = Segmenter(model, short_side=SHORT).segment(video, "the red circle")[0]
+    unlimited = Segmenter(model, short_side=SHORT, max_long_side=None).segment(video, "the red circle")[0]
+    np.testing.assert_array_equal(limited.masks, unlimited.masks)
+    np.testing.assert_array_equal(limited.scores, unlimited.scores)
 
 
 def test_default_checkpoint_is_the_bundled_demo_model_or_a_clear_error(tmp_path, monkeypatch):

@@ -41,6 +41,8 @@ def test_display_scale_enlarges_small_frames_by_whole_numbers():
     assert display_scale(360, 640, 360) == 1
     assert display_scale(720, 1280, 360) == 1  # never shrinks
     assert display_scale(96, 128, None) == 1
+    assert display_scale(2, 4000, 360) == 1  # a strip is not made 720000 pixels long
+    assert display_scale(20, 400, 360) == 4  # enlarged only as far as a 1920-pixel long side
 
 
 def _disk(height: int, width: int, cy: int, cx: int, r: int) -> np.ndarray:

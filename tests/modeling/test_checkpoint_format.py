@@ -58,3 +58,41 @@ def test_a_missing_int8_scale_is_named(model, tmp_path):
     save_file(state, str(target / "model.safetensors"))
     with pytest.raises(bifit.CheckpointError, match="has no"):
         bifit.load_pretrained(target)
+
+
+def test_overwrite_replaces_only_a_checkpoint_bifit_wrote(model, tmp_path):
+    target = bifit.save_pretrained(model, tmp_path / "ckpt")
+    (tmp_path / ".ckpt.old").mkdir()  # a folder of the user's with the name the replaced copy once took
+    (tmp_path / ".ckpt.old" / "mine.txt").write_text("mine")
+    assert bifit.save_pretrained(model, target, overwrite=True) == target
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.old", "ckpt"]
+    assert (tmp_path / ".ckpt.old" / "mine.txt").read_text() == "mine"
+    bifit.load_pretrained(target)
+
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not a bifit checkpoint \(it holds files a checkpoint does not \(notes.txt\)\)"):
+        bifit.save_pretrained(model, target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"holds files a checkpoint does not \(Documents\)"):
+        bifit.save_pretrained(model, home, overwrite=True)
+    assert (home / "Documents").is_dir()
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="it has no bifit config.json"):
+        bifit.save_pretrained(model, other, overwrite=True)
+    assert (other / "config.json").read_text() == "{}"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a checkpoint directory"):
+        bifit.save_pretrained(model, tmp_path / "file", overwrite=True)
+
+
+def test_overwrite_replaces_a_link_as_a_link(model, tmp_path):
+    elsewhere = bifit.save_pretrained(model, tmp_path / "elsewhere")
+    (tmp_path / "link").symlink_to(elsewhere, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.is_file()}
+    bifit.save_pretrained(model, tmp_path / "link", overwrite=True, weights="int8-per-channel")
+    assert not (tmp_path / "link").is_symlink()
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.is_file()} == before

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..app import DEFAULT_MAX_UPLOAD_MB
+from ..data.transforms import MAX_LONG_SIDE
 
 if TYPE_CHECKING:
     from ..inference.predictor import Segmenter
@@ -29,8 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX (default: the demo model's training frames, "
                         "360 for other checkpoints as the official inference)")
+    parser.add_argument("--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
+                        help="refuse frames whose model input (after resizing) has a longer side above PX pixels "
+                        "(default 4096: normal aspect ratios stay far below it; raise it for panoramas)")
     parser.add_argument("--clip-length", type=int, default=None, metavar="N",
                         help="process videos in clips of N frames so memory stays flat (default: whole videos)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                        help=f"refuse uploads larger than MB megabytes (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.set_defaults(func=run)
 
 
@@ -45,6 +52,7 @@ def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, str]:
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device,
         short_side=args.short_side or checkpoint_short_side(checkpoint), clip_length=args.clip_length,
+        max_long_side=args.max_long_side,
     )
     if bundled:
         about = ("The bundled demo model knows only the synthetic clips it was trained on: coloured circles, squares "
@@ -66,17 +74,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port must lie in 1..65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     segmenter, about = build_segmenter(args)
     try:
         example = (example_video(), example_expressions())
     except FileNotFoundError:
         example = None
-    with tempfile.TemporaryDirectory(prefix="bifit-app-") as work_dir:
-        app = serve(segmenter, work_dir, host=args.host, port=args.port, example=example, description=about,
-                    block=False)
-        print(f"bifit app: serving on {app.local_url} (Ctrl+C to stop)", flush=True)
-        try:
-            app.block_thread()
-        finally:
-            app.close()
+    app = serve(segmenter, host=args.host, port=args.port, example=example, description=about, block=False,
+                max_upload_mb=args.max_upload_mb)
+    print(f"bifit app: serving on {app.local_url} (Ctrl+C to stop)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()
     return 0

@@ -19,15 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--text-encoder", default="roberta-base",
         help="Hugging Face id or local directory of the text encoder's tokenizer and config (default: roberta-base)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a bifit checkpoint directory (nothing else is ever replaced)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modeling.checkpoint import load_official_checkpoint, save_pretrained
+    from ..modeling.checkpoint import check_overwritable, load_official_checkpoint, save_pretrained
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    if args.output.exists() or args.output.is_symlink():
+        if not args.overwrite:
+            raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+        check_overwritable(args.output)  # before the minutes of loading, not after
     model = load_official_checkpoint(args.checkpoint, text_encoder=args.text_encoder)
     target = save_pretrained(model, args.output, overwrite=args.overwrite)
     n = sum(p.numel() for p in model.parameters())

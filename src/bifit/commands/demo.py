@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..outputs import make_dirs, write_text, writing
+
 if TYPE_CHECKING:
     from ..data.synthetic import SyntheticClip
     from ..modeling.bifit import BifitModel
@@ -126,8 +128,22 @@ def _is_demo_file(name: str) -> bool:
     return name == RESULTS_NAME or re.fullmatch(r"clip\d+\.(mp4|gif)", name) is not None
 
 
-def _check_output(output: Path, overwrite: bool) -> set[str]:
-    """Refuse a directory holding files that no earlier demo wrote (unless `overwrite`).
+def _output_names(clips: int) -> list[str]:
+    return [RESULTS_NAME] + [f"clip{c}.{ext}" for c in range(clips) for ext in ("mp4", "gif")]
+
+
+def _writable(path: Path) -> Path:
+    """`path`, made ready to be written: a link there is removed as a link (written through, it would
+    change a file outside the output folder)."""
+    if path.is_symlink():
+        with writing(path, "replace the link"):
+            path.unlink()
+    return path
+
+
+def _check_output(output: Path, overwrite: bool, clips: int) -> set[str]:
+    """Refuse a directory holding files that no earlier demo wrote (unless `overwrite`), or a folder
+    where this run writes a file.
 
     Returns:
         the overlay files an earlier demo listed in its results (to delete if this run does not
@@ -137,6 +153,10 @@ def _check_output(output: Path, overwrite: bool) -> set[str]:
         raise FileExistsError(f"output {output} exists and is not a directory")
     if not output.is_dir():
         return set()
+    for name in _output_names(clips):
+        if (output / name).is_dir() and not (output / name).is_symlink():
+            raise FileExistsError(f"{output / name} is a folder, not an output of bifit demo; move it away or "
+                                  "choose another --output")
     try:
         previous = json.loads((output / RESULTS_NAME).read_text())
         ours = isinstance(previous, dict) and previous.get("command") == COMMAND_TAG
@@ -169,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    stale = _check_output(args.output, args.overwrite)
+    stale = _check_output(args.output, args.overwrite, args.clips)
 
     start = time.perf_counter()
     hf_logging.disable_progress_bar()
@@ -179,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     scale = display_scale(*frame_size)
     # Mask colours unlike those of the shapes, so that every mask stands out from what it covers.
     shape_colours = [COLOURS[name] for name in scene.colours]
-    args.output.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.output)
 
     scores: list[ExpressionScore] = []
     clips_json = []
@@ -199,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                             "mean_score": float(res.scores.mean())})
         masks = np.stack([r.masks for r in result], axis=1)  # [T, E, H, W]
         boxes = np.stack([r.boxes for r in result], axis=1)  # [T, E, 4]
-        mp4, gif = args.output / f"clip{c}.mp4", args.output / f"clip{c}.gif"
+        mp4, gif = _writable(args.output / f"clip{c}.mp4"), _writable(args.output / f"clip{c}.gif")
         with Mp4Writer(mp4, OVERLAY_FPS) as video, GifWriter(gif, OVERLAY_FPS, max_side=None) as animation:
             for t, frame in enumerate(clip.frames):
                 image = render_overlay(frame, masks[t], boxes[t], colors, legend=expressions, scale=scale)
@@ -226,9 +246,12 @@ def run(args: argparse.Namespace) -> int:
         "seconds": seconds,
         "clips": clips_json,
     }
-    (args.output / RESULTS_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(_writable(args.output / RESULTS_NAME), json.dumps(summary, indent=2) + "\n")
     for name in stale - {n for c in clips_json for n in (c["mp4"], c["gif"])}:
-        (args.output / name).unlink(missing_ok=True)
+        path = args.output / name
+        if path.is_symlink() or path.is_file():
+            with writing(path, "remove the stale overlay"):
+                path.unlink()
     return 0
 
 

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data.transforms import MAX_LONG_SIDE
+from ..outputs import make_dirs, write_text
+
 if TYPE_CHECKING:
     from ..modeling.bifit import BifitModel
 
@@ -33,6 +36,14 @@ def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
         "--short-side", type=int, default=360, help="shorter side of the model input in pixels (official: 360)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _max_long_side(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
+        help="refuse frames whose resized longer side exceeds PX pixels (default 4096; the official protocol has "
+        "no cap, and no frame of the benchmark comes near it)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--expressions-per-pass", type=int, default=4,
         help="expressions decoded at once on one backbone pass (memory/speed trade-off; default 4)",
     )
+    _max_long_side(ytvos)
     ytvos.set_defaults(func=run_ytvos)
 
     davis = sub.add_parser(
@@ -79,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     davis.add_argument("--clip-length", type=int, default=24, help="frames per clip (official: 24)")
     davis.add_argument("--expressions-per-pass", type=int, default=4, help="expressions decoded at once (default 4)")
+    _max_long_side(davis)
     davis.set_defaults(func=run_davis)
 
     for name, title in (("a2d", "A2D-Sentences (test split)"), ("jhmdb", "JHMDB-Sentences")):
@@ -128,6 +141,7 @@ def run_ytvos(args: argparse.Namespace) -> int:
 
     _check_positive(args.clip_length, "--clip-length")
     _check_positive(args.expressions_per_pass, "--expressions-per-pass")
+    _check_positive(args.max_long_side, "--max-long-side")
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"Ref-YouTube-VOS root not found: {args.data_root}")
     if args.split == "valid":
@@ -135,14 +149,13 @@ def run_ytvos(args: argparse.Namespace) -> int:
     else:
         videos = ytvos_heldout_videos(args.data_root, args.heldout_every)
     model = _load(args)
-    split_dir = args.output / args.split
-    split_dir.mkdir(parents=True, exist_ok=True)
+    split_dir = make_dirs(args.output / args.split)
     with distributed_shard() as shard:
         mine = shard.take(videos)
         written = predict_ytvos(
             model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
-            expressions_per_pass=args.expressions_per_pass, progress=not args.no_progress,
-            desc=f"ytvos {args.split} [rank {shard.rank}/{shard.world_size}]",
+            expressions_per_pass=args.expressions_per_pass, max_long_side=args.max_long_side,
+            progress=not args.no_progress, desc=f"ytvos {args.split} [rank {shard.rank}/{shard.world_size}]",
         )
         print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
         shard.barrier()
@@ -170,6 +183,7 @@ def run_davis(args: argparse.Namespace) -> int:
 
     _check_positive(args.clip_length, "--clip-length")
     _check_positive(args.expressions_per_pass, "--expressions-per-pass")
+    _check_positive(args.max_long_side, "--max-long-side")
     davis_root = args.davis_root if args.davis_root is not None else args.data_root / "DAVIS"
     # Fail before hours of prediction rather than at the evaluation.
     if not (davis_root / "Annotations_unsupervised").is_dir():
@@ -178,14 +192,13 @@ def run_davis(args: argparse.Namespace) -> int:
         )
     videos = davis_eval_videos(args.data_root, "valid")
     model = _load(args)
-    split_dir = args.output / "valid"
-    split_dir.mkdir(parents=True, exist_ok=True)
+    split_dir = make_dirs(args.output / "valid")
     with distributed_shard() as shard:
         mine = shard.take(videos)
         written = predict_davis(
             model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
-            expressions_per_pass=args.expressions_per_pass, progress=not args.no_progress,
-            desc=f"davis [rank {shard.rank}/{shard.world_size}]",
+            expressions_per_pass=args.expressions_per_pass, max_long_side=args.max_long_side,
+            progress=not args.no_progress, desc=f"davis [rank {shard.rank}/{shard.world_size}]",
         )
         print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
         shard.barrier()
@@ -216,7 +229,7 @@ def run_a2d(args: argparse.Namespace) -> int:
         args.benchmark, args.data_root, num_frames=args.num_frames, short_side=args.short_side, max_size=args.max_size
     )
     model = _load(args)
-    args.output.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.output)
     with distributed_shard() as shard:
         indices = shard.take(range(len(dataset)))
         predictions = predict_samples(
@@ -224,7 +237,7 @@ def run_a2d(args: argparse.Namespace) -> int:
             progress=not args.no_progress, desc=f"{args.benchmark} [rank {shard.rank}/{shard.world_size}]",
         )
         part = args.output / f"predictions.rank{shard.rank}-of-{shard.world_size}.json"
-        part.write_text(json.dumps(predictions))
+        write_text(part, json.dumps(predictions))
         shard.barrier()
         if not shard.is_main:
             return 0
@@ -235,11 +248,11 @@ def run_a2d(args: argparse.Namespace) -> int:
             for p in json.loads(path.read_text()):
                 by_id.setdefault(p["image_id"], []).append(p)
         merged = [p for image_id in gt.ids for p in by_id.get(image_id, [])]
-        (args.output / "predictions.json").write_text(json.dumps(merged))
+        write_text(args.output / "predictions.json", json.dumps(merged))
         for path in parts:
             path.unlink()
         metrics = evaluate_predictions(gt, merged, progress=not args.no_progress)
-        (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(args.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(format_a2d_metrics(metrics, "A2D-Sentences" if args.benchmark == "a2d" else "JHMDB-Sentences"))
         print(f"wrote {args.output / 'predictions.json'} and {args.output / 'metrics.json'}")
     return 0

@@ -39,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bifit.data.names import safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_eval_transforms, make_train_transforms
 from bifit.data.video import VideoFrameCache
@@ -98,8 +99,11 @@ def read_a2d_masks(path: str | os.PathLike[str]) -> tuple[list[int], np.ndarray]
 def _read_csv_rows(path: Path) -> list[list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        return [row for row in csv.reader(f) if row]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [row for row in csv.reader(f) if row]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not valid UTF-8 text: {exc}") from None
 
 
 def build_a2d_samples(root: str | os.PathLike[str], subset: Subset) -> list[A2DSample]:
@@ -112,7 +116,8 @@ def build_a2d_samples(root: str | os.PathLike[str], subset: Subset) -> list[A2DS
     if subset not in _SUBSET_CODES:
         raise ValueError(f"subset must be 'train' or 'test', got {subset!r}")
     root = Path(root)
-    rows = _read_csv_rows(root / "Release" / "videoset.csv")
+    videoset = root / "Release" / "videoset.csv"
+    rows = _read_csv_rows(videoset)
     missed_path = root / "text_annotations" / "a2d_missed_videos.txt"
     if not missed_path.is_file():
         raise FileNotFoundError(f"file not found: {missed_path}")
@@ -120,9 +125,9 @@ def build_a2d_samples(root: str | os.PathLike[str], subset: Subset) -> list[A2DS
     try:
         used = {row[0] for row in rows if row[0] not in missed and int(row[8]) == _SUBSET_CODES[subset]}
     except (IndexError, ValueError):
-        raise ValueError(
-            f"{root / 'Release' / 'videoset.csv'}: expected 9 columns, the last an integer subset"
-        ) from None
+        raise ValueError(f"{videoset}: expected 9 columns, the last an integer subset") from None
+    for video_id in used:
+        safe_name(video_id, "video id", videoset)
 
     annotations = _read_csv_rows(root / "text_annotations" / "a2d_annotation.txt")
     header, records = annotations[0], annotations[1:]
@@ -156,9 +161,12 @@ def load_a2d_samples(root: str | os.PathLike[str], subset: Subset) -> list[A2DSa
         return build_a2d_samples(root, subset)
     entries = load_json(path)
     try:
-        return [A2DSample(str(q), str(v), int(f), int(i)) for q, v, f, i in entries]
+        samples = [A2DSample(str(q), str(v), int(f), int(i)) for q, v, f, i in entries]
     except (TypeError, ValueError):
         raise ValueError(f"{path}: expected a list of [query, video_id, frame_idx, instance_id]") from None
+    for sample in samples:
+        safe_name(sample.video_id, "video id", path)
+    return samples
 
 
 def save_a2d_samples(samples: Sequence[A2DSample], path: str | os.PathLike[str]) -> None:

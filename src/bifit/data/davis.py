@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from bifit.data.names import safe_name
 from bifit.data.ytvos import (
     EvalVideo,
     Expression,
@@ -63,8 +64,12 @@ def read_davis_expressions(path: Path, encoding: str) -> dict[str, list[dict[str
     """
     if not path.is_file():
         raise FileNotFoundError(f"DAVIS text annotation not found: {path}")
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not valid {encoding} text: {exc}") from None
     videos: dict[str, list[dict[str, str]]] = {}
-    for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -79,7 +84,8 @@ def _read_split(davis_root: Path, filename: str) -> list[str]:
     path = davis_root / "ImageSets" / "2017" / filename
     if not path.is_file():
         raise FileNotFoundError(f"DAVIS split file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [safe_name(name, "sequence name", path) for name in names]
 
 
 def _place(source: Path, dest: Path, link: str) -> None:
@@ -178,9 +184,13 @@ def davis_eval_videos(root: str | os.PathLike[str], split: str = "valid") -> lis
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     root = Path(root)
-    videos = load_videos_dict(root / "meta_expressions" / split / "meta_expressions.json")
+    source = root / "meta_expressions" / split / "meta_expressions.json"
+    videos = load_videos_dict(source)
     images_dir, annotations_dir = root / split / "JPEGImages", root / split / "Annotations"
-    return [make_eval_video(v, data, images_dir, annotations_dir, sort_frames=False) for v, data in videos.items()]
+    return [
+        make_eval_video(v, data, images_dir, annotations_dir, sort_frames=False, source=source)
+        for v, data in videos.items()
+    ]
 
 
 def expressions_by_annotation(video: EvalVideo) -> list[list[Expression]]:

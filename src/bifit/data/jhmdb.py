@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from bifit.data.a2d import centered_window
+from bifit.data.names import UnsafeNameError, safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_eval_transforms
+from bifit.data.video import open_rgb
 from bifit.data.ytvos import clean_caption, load_json
 
 METADATA_FILE = "jhmdb_sentences_samples_metadata.json"
@@ -56,11 +57,16 @@ def jhmdb_image_id(video_id: str, frame_idx: int) -> str:
     return f"v_{video_id}_f_{frame_idx}"
 
 
-def _relocate(stored: str, root: Path, anchor: str) -> Path:
+def _relocate(stored: str, root: Path, anchor: str, source: Path) -> Path:
+    """``root / <anchor>/...``: the part of a metadata path from its ``anchor`` folder on, every
+    component after it a plain name (so the path stays inside ``root/<anchor>``)."""
     parts = PurePosixPath(stored.replace("\\", "/")).parts
     if anchor not in parts:
         raise ValueError(f"path {stored!r} in the samples metadata has no {anchor!r} component")
-    return root.joinpath(*parts[parts.index(anchor) :])
+    tail = parts[parts.index(anchor) + 1 :]
+    for part in tail:
+        safe_name(part, f"component of the path {stored!r}", source)
+    return root.joinpath(anchor, *tail)
 
 
 def load_jhmdb_samples(
@@ -73,17 +79,19 @@ def load_jhmdb_samples(
     for entry in load_json(path):
         try:
             video_id, frame_path, masks_path, total_frames, query = entry
-            frame = _relocate(frame_path, root, "Rename_Images")
+            frame = _relocate(frame_path, root, "Rename_Images", path)
             samples.append(
                 JHMDBSample(
                     video_id=str(video_id),
                     frames_dir=frame.parent,
                     frame_idx=int(frame.stem),
-                    masks_path=_relocate(masks_path, root, "puppet_mask"),
+                    masks_path=_relocate(masks_path, root, "puppet_mask", path),
                     total_frames=int(total_frames),
                     query=str(query),
                 )
             )
+        except UnsafeNameError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: bad sample {entry!r}: {exc}") from None
     return samples
@@ -183,8 +191,7 @@ class JHMDBSentencesDataset(Dataset):
             path = sample.frames_dir / f"{i:05d}.png"
             if not path.is_file():
                 raise FileNotFoundError(f"JHMDB frame not found: {path}")
-            with Image.open(path) as img:
-                images.append(img.convert("RGB"))
+            images.append(open_rgb(path))
         all_masks = read_part_masks(sample.masks_path)
         if not 1 <= sample.frame_idx <= len(all_masks):
             raise ValueError(f"{sample.masks_path} has {len(all_masks)} masks; frame {sample.frame_idx} has none")

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from bifit.data.names import safe_name
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".gif"})
@@ -80,12 +84,59 @@ def read_video_file(path: str | os.PathLike[str]) -> VideoFrames:
     )
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+#: Modes of 16-bit single-channel images (16-bit PNG / TIFF greyscale). 16-bit RGB(A) files open as 8-bit
+#: RGB(A) already (PIL keeps the high byte); 16-bit greyscale would saturate in `convert("RGB")`.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
+@contextmanager
+def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """`PIL.Image.open` that fails with one ValueError naming the file: unreadable, truncated or corrupt
+    files, and images above PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS` pixels, about
+    89 million by default; PIL only warns below twice that, bifit refuses from the limit on)."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(
+            f"cannot read image {path}: {exc} Refused; PIL.Image.MAX_IMAGE_PIXELS sets the limit"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
+    with image:
+        try:
+            yield image
+        except OSError as exc:  # decoding happens lazily, on first access to the pixels
+            raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """An image file as a loaded 8-bit RGB PIL image: the one way bifit reads a frame.
+
+    16-bit greyscale pixels are scaled to 8 bits (value >> 8, what OpenCV's 8-bit conversion and PIL do
+    for 16-bit RGB) instead of saturating; 32-bit integer or float images, whose range is unknown, are
+    refused.
+
+    Raises:
+        ValueError: naming the file (see `open_image`).
+    """
+    with open_image(path) as img:
+        # Pillow < 10 opens 16-bit greyscale PNGs as mode "I"; PNG holds at most 16 bits per sample.
+        if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG"):
+            high = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+            return Image.fromarray(np.repeat(high[..., None], 3, axis=2), "RGB")
+        if img.mode in ("I", "F"):
+            kind = "integers" if img.mode == "I" else "floats"
+            raise ValueError(
+                f"cannot read image {path}: its pixels are 32-bit {kind} (mode {img.mode}) of unknown range; "
+                "save the frames as 8- or 16-bit images"
+            )
+        return img.convert("RGB")
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    return np.asarray(open_rgb(path))
 
 
 def read_image(path: str | os.PathLike[str]) -> VideoFrames:
@@ -97,13 +148,27 @@ def read_image(path: str | os.PathLike[str]) -> VideoFrames:
 
 
 def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by file name."""
+    """Image files directly inside ``folder``, sorted by file name.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: no images, or two images whose names differ only in extension (or case).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"frame folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"frame folder {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    # Frames are named by their stem (masks/<stem>.png): 0001.jpg and 0001.png would write one mask.
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        other = by_stem.setdefault(path.stem.casefold(), path)
+        if other is not path:
+            raise ValueError(
+                f"frame folder {folder} holds {other.name} and {path.name}: frames are named by file name "
+                "without extension, so each name may occur once; keep one of them"
+            )
     return files
 
 
@@ -163,7 +228,9 @@ class VideoFrameCache:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _disk_path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{safe_name(key, 'frame cache key')}.npy"
 
     def get(self, key: str, video_path: str | os.PathLike[str]) -> np.ndarray:
         """uint8 [T, H, W, 3] frames of ``video_path``, cached under ``key``.

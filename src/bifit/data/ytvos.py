@@ -35,12 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bifit.data.names import UnsafeNameError, safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_train_transforms
+from bifit.data.video import open_image, open_rgb
+from bifit.modeling.text_encoder import check_utf8
 
 #: Draws of a new sample when a clip has no valid frame before giving up (the official loop is
 #: unbounded; a dataset without any visible object would hang it).
@@ -53,11 +55,13 @@ def clean_caption(caption: str) -> str:
 
 
 def load_json(path: Path) -> Any:
-    """Read a JSON file with a clear error if it is missing or malformed."""
+    """Read a JSON file with a clear error if it is missing, not UTF-8 or malformed."""
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not valid UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
@@ -74,7 +78,7 @@ def read_id_map(path: Path) -> np.ndarray:
     """A palette (or grayscale) annotation PNG as a uint8 [H, W] map of object ids."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation not found: {path}")
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.mode not in ("P", "L"):
             raise ValueError(f"annotation {path} must be a palette or grayscale PNG, got mode {img.mode}")
         return np.array(img)
@@ -190,22 +194,27 @@ class RefVOSDataset(Dataset):
         meta_file = self.split_dir / "meta.json"
         self.categories = categories if categories is not None else category_ids([meta_file])
         self.samples = self._build_samples(
-            load_videos_dict(meta_file), load_videos_dict(Path(expressions_file)), videos
+            load_videos_dict(meta_file), load_videos_dict(Path(expressions_file)), videos, Path(expressions_file)
         )
         if not self.samples:
             raise ValueError(f"no training samples in {expressions_file} (videos filter: {videos is not None})")
 
     def _build_samples(
-        self, objects_by_video: dict[str, Any], expressions_by_video: dict[str, Any], keep: Collection[str] | None
+        self,
+        objects_by_video: dict[str, Any],
+        expressions_by_video: dict[str, Any],
+        keep: Collection[str] | None,
+        source: Path,
     ) -> list[ClipSample]:
         keep_set = set(keep) if keep is not None else None
         samples = []
         for video, vid_data in expressions_by_video.items():
             if keep_set is not None and video not in keep_set:
                 continue
+            safe_name(video, "video id", source)
             if video not in objects_by_video:
                 raise ValueError(f"video {video} has expressions but no entry in {self.split_dir / 'meta.json'}")
-            frames = tuple(sorted(vid_data["frames"]))
+            frames = tuple(sorted(frame_names(vid_data, video, source)))
             objects = objects_by_video[video]["objects"]
             for exp in vid_data["expressions"].values():
                 obj_key = str(exp["obj_id"])
@@ -244,8 +253,7 @@ class RefVOSDataset(Dataset):
             image_path = self.split_dir / "JPEGImages" / sample.video / f"{name}.jpg"
             if not image_path.is_file():
                 raise FileNotFoundError(f"frame not found: {image_path}")
-            with Image.open(image_path) as img:
-                images.append(img.convert("RGB"))
+            images.append(open_rgb(image_path))
             ids = read_id_map(self.split_dir / "Annotations" / sample.video / f"{name}.png")
             masks.append(torch.from_numpy(ids == sample.obj_id))
         width, height = images[0].size
@@ -308,23 +316,66 @@ class EvalVideo:
     expressions: tuple[Expression, ...]
     mask_paths: tuple[Path, ...] | None
 
+    def __post_init__(self) -> None:
+        # The ids become output paths (<video>/<exp_id>/<frame>.png): each must be a plain name.
+        safe_name(self.video, "video id")
+        for expression in self.expressions:
+            safe_name(expression.exp_id, f"expression id of video {self.video}")
+        for name in self.frame_names:
+            safe_name(name, f"frame name of video {self.video}")
+
+
+def frame_names(vid_data: Any, video: str, source: str | os.PathLike[str]) -> list[str]:
+    """The ``frames`` list of a ``meta_expressions.json`` video entry, every name checked by :func:`safe_name`."""
+    frames = vid_data.get("frames") if isinstance(vid_data, dict) else None
+    if not isinstance(frames, list):
+        raise ValueError(f'{source}: video {video} needs a "frames" list')
+    return [safe_name(name, f"frame name of video {video}", source) for name in frames]
+
 
 def make_eval_video(
-    video: str, vid_data: dict[str, Any], images_dir: Path, annotations_dir: Path | None, sort_frames: bool
+    video: str,
+    vid_data: dict[str, Any],
+    images_dir: Path,
+    annotations_dir: Path | None,
+    sort_frames: bool,
+    source: str | os.PathLike[str] = "meta_expressions.json",
 ) -> EvalVideo:
-    """An :class:`EvalVideo` from a ``meta_expressions.json`` entry (``{"expressions", "frames"}``)."""
-    names = tuple(sorted(vid_data["frames"]) if sort_frames else vid_data["frames"])
-    expressions = tuple(
-        Expression(str(exp_id), exp["exp"], int(exp["obj_id"]) if "obj_id" in exp else None)
-        for exp_id, exp in vid_data["expressions"].items()
-    )
-    return EvalVideo(
-        video=video,
-        frame_names=names,
-        frame_paths=tuple(images_dir / video / f"{n}.jpg" for n in names),
-        expressions=expressions,
-        mask_paths=None if annotations_dir is None else tuple(annotations_dir / video / f"{n}.png" for n in names),
-    )
+    """An :class:`EvalVideo` from a ``meta_expressions.json`` entry (``{"expressions", "frames"}``).
+
+    The video id, expression ids and frame names become output paths, so each must be a plain name.
+
+    Raises:
+        UnsafeNameError: an id or name that is not a plain name (naming it and ``source``).
+        ValueError: an entry without ``frames`` or ``expressions``.
+    """
+    names = frame_names(vid_data, video, source)
+    names = tuple(sorted(names) if sort_frames else names)
+    entries = vid_data.get("expressions")
+    if not isinstance(entries, dict):
+        raise ValueError(f'{source}: video {video} needs an "expressions" mapping')
+    try:
+        expressions = tuple(
+            Expression(str(exp_id), exp["exp"], int(exp["obj_id"]) if "obj_id" in exp else None)
+            for exp_id, exp in entries.items()
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: video {video} has a malformed expression ({exc!r})") from None
+    for expression in expressions:
+        # Checked here, not hours into a prediction when the text encoder meets it.
+        if not isinstance(expression.text, str):
+            raise ValueError(f"{source}: expression {expression.exp_id} of video {video} is not a string")
+        check_utf8(expression.text, f"{source}: expression {expression.exp_id} of video {video}")
+    try:
+        return EvalVideo(
+            video=video,
+            frame_names=names,
+            frame_paths=tuple(images_dir / video / f"{n}.jpg" for n in names),
+            expressions=expressions,
+            mask_paths=None if annotations_dir is None else tuple(annotations_dir / video / f"{n}.png" for n in names),
+        )
+    except UnsafeNameError as exc:
+        raise UnsafeNameError(f"{source}: {exc}") from None
 
 
 def ytvos_valid_videos(root: str | os.PathLike[str]) -> list[EvalVideo]:
@@ -335,10 +386,14 @@ def ytvos_valid_videos(root: str | os.PathLike[str]) -> list[EvalVideo]:
     Frames keep the order of the expressions file (the official script does not sort them).
     """
     root = Path(root)
-    valid = load_videos_dict(root / "meta_expressions" / "valid" / "meta_expressions.json")
+    source = root / "meta_expressions" / "valid" / "meta_expressions.json"
+    valid = load_videos_dict(source)
     test = load_videos_dict(root / "meta_expressions" / "test" / "meta_expressions.json")
     images_dir = root / "valid" / "JPEGImages"
-    return [make_eval_video(v, valid[v], images_dir, None, sort_frames=False) for v in sorted(set(valid) - set(test))]
+    return [
+        make_eval_video(v, valid[v], images_dir, None, sort_frames=False, source=source)
+        for v in sorted(set(valid) - set(test))
+    ]
 
 
 def ytvos_heldout_split(root: str | os.PathLike[str], every: int = 20) -> tuple[list[str], list[str]]:
@@ -361,9 +416,10 @@ def ytvos_heldout_videos(root: str | os.PathLike[str], every: int = 20) -> list[
     Frames are the sorted frame names of the expressions file, as the training loader uses.
     """
     root = Path(root)
-    expressions = load_videos_dict(root / "meta_expressions" / "train" / "meta_expressions.json")
+    source = root / "meta_expressions" / "train" / "meta_expressions.json"
+    expressions = load_videos_dict(source)
     images_dir, annotations_dir = root / "train" / "JPEGImages", root / "train" / "Annotations"
     return [
-        make_eval_video(v, expressions[v], images_dir, annotations_dir, sort_frames=True)
+        make_eval_video(v, expressions[v], images_dir, annotations_dir, sort_frames=True, source=source)
         for v in ytvos_heldout_split(root, every)[1]
     ]

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
+from bifit.data.video import open_image
 from bifit.evaluation.metrics import pairwise_frame_scores, sequence_statistics
+from bifit.outputs import write_text
 
 __all__ = [
     "DAVIS_SETS",
@@ -61,7 +62,7 @@ def _read_id_map(path: Path) -> np.ndarray:
     """[H, W] uint8 id map of a PNG."""
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
-    with Image.open(path) as image:
+    with open_image(path) as image:
         ids = np.array(image)
     if ids.ndim != 2:
         raise ValueError(
@@ -297,8 +298,8 @@ def write_davis_csvs(
     global_text, per_sequence_text = davis_csv_texts(results)
     global_path = folder / f"global_results-{set}.csv"
     per_sequence_path = folder / f"per-sequence_results-{set}.csv"
-    global_path.write_text(global_text)
-    per_sequence_path.write_text(per_sequence_text)
+    write_text(global_path, global_text)
+    write_text(per_sequence_path, per_sequence_text)
     return global_path, per_sequence_path
 
 

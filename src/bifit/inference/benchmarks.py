@@ -29,11 +29,14 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 
-from bifit.data.transforms import EVAL_SHORT_SIZE, frames_to_tensor, resized_hw
+from bifit.data.transforms import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, frames_to_tensor, model_input_hw
+from bifit.data.video import open_rgb
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import writing
 
 __all__ = [
     "EVAL_SHORT_SIZE",
+    "MAX_LONG_SIDE",
     "ClipPrediction",
     "Shard",
     "clip_ranges",
@@ -121,7 +124,10 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_frames(
-    paths: Sequence[Path], short_side: int = EVAL_SHORT_SIZE, max_size: int | None = None
+    paths: Sequence[Path],
+    short_side: int = EVAL_SHORT_SIZE,
+    max_size: int | None = None,
+    max_long_side: int | None = MAX_LONG_SIDE,
 ) -> tuple[Tensor, tuple[int, int]]:
     """Read and resize the frames of one clip as the official inference does.
 
@@ -129,9 +135,14 @@ def load_frames(
         paths: image files of the clip, in order; all of the same size.
         short_side: target length of the shorter side (official: 360).
         max_size: cap on the longer side (``None``: no cap, as the Ref-YTVOS/DAVIS scripts).
+        max_long_side: refuse frames whose resized longer side exceeds this (``None``: no limit); it
+            never changes a result, see :func:`bifit.data.transforms.model_input_hw`.
 
     Returns:
         ``(video, (H, W))``: float32 [T, 3, h, w] ImageNet-normalised and the original size.
+
+    Raises:
+        FrameSizeError: naming the first frame, when the limit is exceeded.
     """
     if not paths:
         raise ValueError("a clip needs at least one frame")
@@ -139,13 +150,15 @@ def load_frames(
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"frame not found: {path}")
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
+        images.append(open_rgb(path))
     width, height = images[0].size
     for path, img in zip(paths, images, strict=True):
         if img.size != (width, height):
             raise ValueError(f"frame {path} is {img.size[0]}x{img.size[1]}, the clip's first is {width}x{height}")
-    out_h, out_w = resized_hw(height, width, short_side, max_size)
+    try:
+        out_h, out_w = model_input_hw(height, width, short_side, max_long_side, max_size)
+    except FrameSizeError as exc:
+        raise FrameSizeError(f"{paths[0]}: {exc}") from None
     resized = [img.resize((out_w, out_h), Image.Resampling.BILINEAR) for img in images]
     return frames_to_tensor(resized), (height, width)
 
@@ -239,8 +252,13 @@ def upsample_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def save_mask_png(mask: np.ndarray, path: Path) -> None:
-    """A binary [H, W] mask as the official Ref-YTVOS PNG: mode ``L``, 0 / 255."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    """A binary [H, W] mask as the official Ref-YTVOS PNG: mode ``L``, 0 / 255.
+
+    Raises:
+        OutputError: naming `path` (read-only or full location).
+    """
+    with writing(path):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def davis_palette() -> list[int]:
@@ -263,4 +281,5 @@ def save_palette_png(ids: np.ndarray, palette: Sequence[int], path: Path) -> Non
     # A uint8 array gives an "L" image; putpalette turns it into "P", as in the official script.
     img = Image.fromarray(ids.astype(np.uint8))
     img.putpalette(list(palette))
-    img.save(path)
+    with writing(path):
+        img.save(path)

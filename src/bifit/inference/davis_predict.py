@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
 from bifit.data.davis import NUM_ANNOTATIONS
+from bifit.data.names import inside
+from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo
 from bifit.evaluation import average_global_results, davis_csv_texts, evaluate_davis
 from bifit.inference.benchmarks import (
     EVAL_SHORT_SIZE,
+    MAX_LONG_SIDE,
     clip_ranges,
     davis_palette,
     load_frames,
@@ -40,6 +42,7 @@ from bifit.inference.benchmarks import (
     upsample_logits,
 )
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import make_dirs, write_text
 
 __all__ = [
     "DAVIS_CLIP_LENGTH",
@@ -77,7 +80,7 @@ def combine_objects(probabilities: Tensor) -> Tensor:
 def _palette_of(video: EvalVideo) -> list[int]:
     """The palette of the video's first annotation PNG (DAVIS's own), else the DAVIS colour map."""
     if video.mask_paths and video.mask_paths[0].is_file():
-        with Image.open(video.mask_paths[0]) as img:
+        with open_image(video.mask_paths[0]) as img:
             palette = img.getpalette()
         if palette:
             return palette
@@ -92,6 +95,7 @@ def predict_davis(
     short_side: int = EVAL_SHORT_SIZE,
     clip_length: int | None = DAVIS_CLIP_LENGTH,
     expressions_per_pass: int | None = None,
+    max_long_side: int | None = MAX_LONG_SIDE,
     progress: bool = True,
     desc: str = "davis",
 ) -> int:
@@ -105,6 +109,8 @@ def predict_davis(
         short_side: shorter side of the model input (official 360).
         clip_length: frames per clip (official 24; ``None`` = whole video).
         expressions_per_pass: expressions decoded at once on the shared backbone features.
+        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
+            limit; never changes a result).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -121,12 +127,12 @@ def predict_davis(
             )
         num_objects = len(video.expressions) // NUM_ANNOTATIONS
         palette = _palette_of(video)
-        folders = [split_dir / f"anno_{k}" / video.video for k in range(NUM_ANNOTATIONS)]
+        folders = [inside(split_dir, split_dir / f"anno_{k}" / video.video) for k in range(NUM_ANNOTATIONS)]
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
         captions = [e.text for e in video.expressions]
         for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side)
+            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
             pred = segment_clip(model, frames, captions, expressions_per_pass)
             for k, folder in enumerate(folders):
                 rows = [obj * NUM_ANNOTATIONS + k for obj in range(num_objects)]
@@ -161,8 +167,8 @@ def evaluate_davis_annotators(
         per_annotator.append(evaluate_davis(davis_root, folder, set, "unsupervised", progress=progress))
     mean = average_global_results(per_annotator)
     summary = {"annotators": [r["global"] for r in per_annotator], "mean": mean}
-    (split_dir / f"global_results-{set}.csv").write_text(davis_csv_texts({"global": mean, "per_sequence": []})[0])
-    (split_dir / "ref-davis_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(split_dir / f"global_results-{set}.csv", davis_csv_texts({"global": mean, "per_sequence": []})[0])
+    write_text(split_dir / "ref-davis_results.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.targets import normalize_frames
-from ..data.transforms import EVAL_SHORT_SIZE, resized_hw
+from ..data.transforms import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
 from ..data.video import (
     VIDEO_EXTENSIONS,
     list_frame_files,
@@ -55,7 +55,8 @@ from ..data.video import (
 )
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
-from ..modeling.text_encoder import ExpressionError
+from ..modeling.text_encoder import ExpressionError, check_utf8
+from ..outputs import writing
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -102,7 +103,8 @@ def checkpoint_short_side(checkpoint: str | os.PathLike[str]) -> int:
 
 
 def check_expressions(expressions: str | Sequence[str]) -> list[str]:
-    """The expressions as a list, refusing an empty list, non-strings and blank expressions.
+    """The expressions as a list, refusing an empty list, non-strings, blank expressions and text that is
+    not UTF-8.
 
     Raises:
         ExpressionError: naming the first bad expression (counted from 1).
@@ -117,6 +119,7 @@ def check_expressions(expressions: str | Sequence[str]) -> list[str]:
             raise ExpressionError(f"expression {i} is a {type(text).__name__}, expected a string")
         if not text.strip():
             raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
+        check_utf8(text, f"expression {i}")
     return expressions
 
 
@@ -228,6 +231,13 @@ def _as_uint8_video(video: np.ndarray | torch.Tensor) -> np.ndarray:
     return array
 
 
+def _describe(video: VideoInput) -> str:
+    """How messages name a video: its path, or the shape of an array."""
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        return f"video array of shape {tuple(video.shape)}"
+    return str(video)
+
+
 def _open_frames(video: VideoInput, stride: int, stream: bool) -> _FrameSource:
     """A frame source for a path (video file, frame folder, image) or a uint8 array, with the stride applied."""
     if isinstance(video, (np.ndarray, torch.Tensor)):
@@ -328,13 +338,17 @@ class _LogitStore:
         if self._tmp is None:
             self._memory.append(array)
         else:
-            np.save(os.path.join(self._tmp.name, f"{self._count}.npy"), array)
+            path = os.path.join(self._tmp.name, f"{self._count}.npy")
+            with writing(path, "write temporary mask logits to"):
+                np.save(path, array)
         self._count += 1
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._tmp is None:
             return self._memory[i]
-        return np.load(os.path.join(self._tmp.name, f"{i}.npy"))
+        path = os.path.join(self._tmp.name, f"{i}.npy")
+        with writing(path, "read temporary mask logits from"):
+            return np.load(path)
 
     def close(self) -> None:
         self._memory = []
@@ -457,6 +471,10 @@ class Segmenter:
         frame_stride: segment every k-th frame only.
         short_side: frames are resized so that their shorter side has this length (official 360);
             None keeps the original size.
+        max_long_side: refuse frames whose model input (after resizing) has a longer side above this
+            many pixels (`FrameSizeError`, before the model runs); None: no limit. Frames of normal
+            aspect ratios are far below the default (4096); it stops a 4000x2 image from becoming a
+            720000x360 input.
         threshold: mask probability threshold (official 0.5).
         query_selection: "video" picks one query slot from the mean score over all frames (the
             official rule for one clip, extended to all clips); "clip" picks one per clip, as the
@@ -473,6 +491,7 @@ class Segmenter:
         short_side: int | None = EVAL_SHORT_SIZE,
         threshold: float = 0.5,
         query_selection: QuerySelection = "video",
+        max_long_side: int | None = MAX_LONG_SIDE,
     ) -> None:
         if clip_length is not None and clip_length < 1:
             raise ValueError(f"clip_length must be a positive number of frames, got {clip_length}")
@@ -480,6 +499,8 @@ class Segmenter:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         if short_side is not None and short_side < 1:
             raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
+        if max_long_side is not None and max_long_side < 1:
+            raise ValueError(f"max_long_side must be a positive number of pixels, got {max_long_side}")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         if query_selection not in ("video", "clip"):
@@ -496,6 +517,7 @@ class Segmenter:
         self.clip_length = clip_length
         self.frame_stride = frame_stride
         self.short_side = short_side
+        self.max_long_side = max_long_side
         self.threshold = threshold
         self.query_selection = query_selection
 
@@ -519,14 +541,17 @@ class Segmenter:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [t, H, W, 3] -> float32 [t, 3, h, w] on the model's device: resized (shorter side
-        `short_side`, PIL bilinear) and ImageNet-normalised."""
+        `short_side`, PIL bilinear) and ImageNet-normalised.
+
+        Raises:
+            FrameSizeError: the resized frames' longer side exceeds `max_long_side`.
+        """
         height, width = frames.shape[1:3]
-        if self.short_side is not None:
-            out_h, out_w = resized_hw(height, width, self.short_side)
-            if (out_h, out_w) != (height, width):
-                frames = np.stack(
-                    [np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.Resampling.BILINEAR)) for f in frames]
-                )
+        out_h, out_w = model_input_hw(height, width, self.short_side, self.max_long_side)
+        if (out_h, out_w) != (height, width):
+            frames = np.stack(
+                [np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.Resampling.BILINEAR)) for f in frames]
+            )
         return normalize_frames(frames).to(self.device)
 
     def stream(self, video: VideoInput, expressions: str | Sequence[str], progress: bool = False) -> VideoSegmentation:
@@ -540,7 +565,8 @@ class Segmenter:
         Raises:
             FileNotFoundError: the video does not exist.
             ValueError: unreadable video, no frames, frames of different sizes; `ExpressionError`
-                for an empty or too long expression.
+                for an empty or too long expression; `FrameSizeError` for frames whose model input
+                would exceed `max_long_side`.
         """
         from tqdm.auto import tqdm
 
@@ -555,6 +581,10 @@ class Segmenter:
             for frames, _ in source.clips(self.clip_length):
                 if frame_size is None:
                     frame_size = frames.shape[1:3]
+                    try:
+                        model_input_hw(*frame_size, self.short_side, self.max_long_side)
+                    except FrameSizeError as exc:
+                        raise FrameSizeError(f"{_describe(video)}: {exc}") from None
                 elif frames.shape[1:3] != frame_size:
                     raise ValueError(f"frames change size within the video: {frame_size} then {frames.shape[1:3]}")
                 out = self._forward(frames, expressions)

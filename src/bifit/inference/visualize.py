@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import colorsys
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ..outputs import output_error, writing
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -45,6 +48,8 @@ _BASE_COLORS: tuple[tuple[int, int, int], ...] = (
 
 #: Overlays of smaller frames are enlarged (by a whole number) to at least this shorter side.
 DISPLAY_SHORT_SIDE = 360
+#: ... but never past this longer side (a strip-like frame stays as it is).
+MAX_DISPLAY_LONG_SIDE = 1920
 # Colours closer than this (Euclidean RGB distance) to one to avoid are skipped by `color_palette`.
 _AVOID_DISTANCE = 80.0
 # Overlay geometry, in pixels of the displayed image.
@@ -81,10 +86,12 @@ def color_palette(n: int, avoid: Sequence[Sequence[int]] = ()) -> list[tuple[int
 
 def display_scale(height: int, width: int, min_short_side: int | None = DISPLAY_SHORT_SIDE) -> int:
     """The whole-number enlargement that brings a frame's shorter side to at least `min_short_side`
-    (1 when it is already that large, or when `min_short_side` is None)."""
+    without taking its longer side past `MAX_DISPLAY_LONG_SIDE` (1 when it is already that large, or
+    when `min_short_side` is None)."""
     if min_short_side is None or min(height, width) >= min_short_side:
         return 1
-    return -(-int(min_short_side) // min(height, width))
+    wanted = -(-int(min_short_side) // min(height, width))
+    return max(1, min(wanted, MAX_DISPLAY_LONG_SIDE // max(height, width)))
 
 
 def overlay_masks(
@@ -275,9 +282,18 @@ class Mp4Writer:
         self.path = Path(path)
         self._av = av
         self._rate = Fraction(fps).limit_denominator(1001)
-        self._container = av.open(str(self.path), "w")
+        with self._writing():
+            self._container = av.open(str(self.path), "w")
         self._stream = None
         self._size: tuple[int, int] | None = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """PyAV's errors (some are no OSError) as an `OutputError` naming the file."""
+        try:
+            yield
+        except (OSError, self._av.error.FFmpegError) as exc:
+            raise output_error(exc, self.path) from exc
 
     def _open_stream(self, height: int, width: int) -> None:
         codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
@@ -299,14 +315,18 @@ class Mp4Writer:
         elif frame.shape[:2] != self._size:
             raise ValueError(f"all frames need the size {self._size}, got {frame.shape[:2]}")
         video_frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(_even(frame)), format="rgb24")
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        with self._writing():
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
 
     def close(self) -> None:
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
+        with self._writing():
+            try:
+                if self._stream is not None:
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+            finally:
+                self._container.close()
 
     def __enter__(self) -> Self:
         return self
@@ -341,7 +361,8 @@ class GifWriter:
         if not self._frames:
             raise ValueError(f"no frames to write to {self.path}")
         first, *rest = self._frames
-        first.save(self.path, save_all=True, append_images=rest, duration=self.duration_ms, loop=0, optimize=False)
+        with writing(self.path):
+            first.save(self.path, save_all=True, append_images=rest, duration=self.duration_ms, loop=0, optimize=False)
         self._frames = []
 
     def __enter__(self) -> Self:

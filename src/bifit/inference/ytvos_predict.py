@@ -31,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from bifit.data.names import inside
+from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo, read_id_map
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.inference.benchmarks import (
     EVAL_SHORT_SIZE,
+    MAX_LONG_SIDE,
     clip_ranges,
     load_frames,
     save_mask_png,
@@ -45,6 +47,7 @@ from bifit.inference.benchmarks import (
     upsample_logits,
 )
 from bifit.modeling.bifit import BifitModel
+from bifit.outputs import make_dirs, write_text, writing
 
 __all__ = [
     "evaluate_ytvos_results",
@@ -67,6 +70,7 @@ def predict_ytvos(
     short_side: int = EVAL_SHORT_SIZE,
     clip_length: int | None = None,
     expressions_per_pass: int | None = None,
+    max_long_side: int | None = MAX_LONG_SIDE,
     progress: bool = True,
     desc: str = "ytvos",
 ) -> int:
@@ -79,6 +83,8 @@ def predict_ytvos(
         short_side: shorter side of the model input (official 360).
         clip_length: frames per clip; ``None`` = the whole video (official).
         expressions_per_pass: expressions decoded at once on the shared backbone features.
+        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
+            limit; never changes a result).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -92,12 +98,12 @@ def predict_ytvos(
             continue
         captions = [e.text for e in video.expressions]
         for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side)
+            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
             pred = segment_clip(model, frames, captions, expressions_per_pass)
             for e, expression in enumerate(video.expressions):
                 masks = (upsample_logits(pred.mask_logits[e], size).sigmoid() > MASK_THRESHOLD).cpu().numpy()
-                folder = split_dir / video.video / expression.exp_id
-                folder.mkdir(parents=True, exist_ok=True)
+                folder = inside(split_dir, split_dir / video.video / expression.exp_id)
+                make_dirs(folder)
                 for t, mask in zip(clip, masks, strict=True):
                     save_mask_png(mask, folder / f"{video.frame_names[t]}.png")
                     written += 1
@@ -118,26 +124,33 @@ def write_submission_zip(
 
     Raises:
         FileNotFoundError: a PNG of some expression is missing (the server rejects partial zips).
+        UnsafeNameError: a PNG path resolves outside ``split_dir`` (a ``..`` id or a link out of it).
     """
     split_dir, zip_path = Path(split_dir), Path(zip_path)
     files = expected_pngs(videos)
-    missing = [f for f in files if not (split_dir / f).is_file()]
+    # Names are checked when the videos are read; this also catches links out of split_dir.
+    paths = [inside(split_dir, split_dir / f) for f in files]
+    missing = [f for f, path in zip(files, paths) if not path.is_file()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} prediction PNG(s) missing under {split_dir}, e.g. {missing[0]}; run the prediction first"
         )
     tmp = zip_path.with_name(f".{zip_path.name}.partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for f in files:
-            archive.write(split_dir / f, (Path("Annotations") / f).as_posix())
-    os.replace(tmp, zip_path)
+    try:
+        with writing(zip_path), zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for f, path in zip(files, paths):
+                archive.write(path, (Path("Annotations") / f).as_posix())
+        with writing(zip_path):
+            os.replace(tmp, zip_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return zip_path
 
 
 def _read_prediction(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"prediction not found: {path}")
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return np.array(img.convert("L")) > 0
 
 
@@ -189,8 +202,8 @@ def write_ytvos_results(results: dict[str, Any], folder: str | os.PathLike[str],
     folder = Path(folder)
     json_path = folder / f"{name}_results.json"
     csv_path = folder / f"{name}_per-expression.csv"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    with csv_path.open("w", newline="") as f:
+    write_text(json_path, json.dumps(results, indent=2) + "\n")
+    with writing(csv_path), csv_path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["Video", "Expression", "J", "F"])
         for row in results["per_expression"]:

@@ -23,6 +23,7 @@ __all__ = [
     "read_official_state_dict",
     "load_official_checkpoint",
     "save_pretrained",
+    "check_overwritable",
     "load_pretrained",
     "load_model",
     "read_pretrained_config",
@@ -225,8 +226,10 @@ def save_pretrained(
     if weights not in (WEIGHTS_FLOAT, WEIGHTS_INT8):
         raise ValueError(f"weights must be 'float' or 'int8-per-channel', got {weights!r}")
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+    if directory.exists() or directory.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+        check_overwritable(directory)
     external = text_encoder_weights == TEXT_ENCODER_EXTERNAL
 
     state: dict[str, torch.Tensor] = {}
@@ -261,17 +264,42 @@ def save_pretrained(
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        if directory.is_symlink():
+            directory.unlink()
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
+            # A private holder for the replaced checkpoint: no fixed name that could be a folder of the user's.
+            holder = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            directory.rename(holder / directory.name)
             tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(holder, ignore_errors=True)
         else:
             tmp.rename(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def check_overwritable(directory: Path) -> None:
+    """Refuse to replace anything but a checkpoint `save_pretrained` wrote (a link is replaced as a link).
+
+    Raises:
+        FileExistsError: `directory` is a file, or a folder holding other files or no bifit config.json.
+    """
+    if directory.is_symlink():
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a checkpoint directory; refusing to replace it")
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, TEXT_ENCODER_DIR))
+    try:
+        ours = "bifit_format" in json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if foreign or not ours:
+        what = f"it holds files a checkpoint does not ({', '.join(foreign[:3])})" if foreign else "it has no bifit config.json"
+        raise FileExistsError(
+            f"{directory} is not a bifit checkpoint ({what}); overwrite replaces only checkpoint directories "
+            "bifit wrote: choose another output"
+        )
 
 
 def read_pretrained_config(directory: str | Path) -> dict:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import MINILM_PACKAGE
 
-__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError", "MINILM_PACKAGE", "resolve_text_encoder"]
+__all__ = ["TextEncoder", "FeatureResizer", "ExpressionError", "MINILM_PACKAGE", "check_utf8", "resolve_text_encoder"]
 
 
 _Loaded = TypeVar("_Loaded")
@@ -51,7 +51,28 @@ def resolve_text_encoder(source: str | Path) -> str:
 
 
 class ExpressionError(ValueError):
-    """A referring expression the text encoder cannot take (empty, not a string, too long)."""
+    """A referring expression the text encoder cannot take (empty, not a string, not UTF-8, too long)."""
+
+
+def check_utf8(text: str, what: str) -> str:
+    """`text` if it can be encoded as UTF-8, which tokenizers need.
+
+    Bytes that were not UTF-8 reach Python as lone surrogates: on a command line (or from a file read
+    with ``errors="surrogateescape"``) byte 0xE9 of Latin-1 "café" becomes U+DCE9.
+
+    Raises:
+        ExpressionError: naming `what`, the offending byte or character and its position.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise ExpressionError(
+            f"{what} is not valid UTF-8 text ({found} at position {exc.start}); write it in UTF-8 "
+            "(e.g. a terminal or file set to UTF-8)"
+        ) from None
+    return text
 
 
 class FeatureResizer(nn.Module):
@@ -168,6 +189,7 @@ class TextEncoder(nn.Module):
                 raise ExpressionError(f"caption {i} is a {type(caption).__name__}, expected a string")
             if not caption.strip():
                 raise ExpressionError(f"caption {i} is empty")
+            check_utf8(caption, f"caption {i}")
         tokens = self.tokenizer(list(captions), padding="longest", return_tensors="pt")
         length = tokens["input_ids"].shape[1]
         if length > self.max_length:
