@@ -46,3 +46,30 @@ def _fan_in_scaled(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor
 def seeded_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded float tensors for every key of `shapes` (key -> shape)."""
     return {name: seeded_tensor(name, shape, seed) for name, shape in shapes.items()}
+
+
+def official_state_dict(description: dict) -> dict[str, torch.Tensor]:
+    """The official-format state dict a fixture script seeded, rebuilt from its description.
+
+    Args:
+        description: ``state_dict_shapes`` and ``state_dict_dtypes`` (key -> shape / dtype name),
+            ``shared_keys`` (aliased key -> the key whose seed filled it), ``seed`` and optionally
+            ``adjustments``: ``{"key", "index", "add"}`` changes made after seeding.
+
+    Float tensors are `seeded_tensor`s; integer buffers (position ids) are ``arange`` over the
+    last dimension, as the models create them.
+    """
+    shared = description.get("shared_keys", {})
+    state = {}
+    for key, shape in description["state_dict_shapes"].items():
+        if description["state_dict_dtypes"][key] != "torch.float32":
+            state[key] = torch.arange(shape[-1]).expand(*shape).clone()
+        else:
+            state[key] = seeded_tensor(shared.get(key, key), shape, description["seed"])
+    for adjustment in description.get("adjustments", []):
+        owner = adjustment["key"]
+        state[owner][adjustment["index"]] += adjustment["add"]
+        for alias, key in shared.items():
+            if key == owner:
+                state[alias] = state[owner].clone()
+    return state

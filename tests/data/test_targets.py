@@ -136,3 +136,16 @@ def test_bad_inputs_raise_clear_errors():
         check_boxes(torch.zeros(3))
     with pytest.raises(ValueError, match="uint8"):
         normalize_frames(np.zeros((1, 4, 4, 3), dtype=np.float32))
+
+
+def test_normalize_frames_equals_torchvision_to_tensor_then_normalize_bit_for_bit():
+    """The official transforms (ToTensor, then Normalize) on every byte value of every channel."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    values = np.arange(256, dtype=np.uint8)
+    # Each channel runs through all 256 values, in a different order per channel.
+    image = np.stack([values, values[::-1], np.roll(values, 85)], axis=-1).reshape(16, 16, 3)
+    official = TF.normalize(TF.to_tensor(Image.fromarray(image)), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    ours = normalize_frames(image[None])[0]
+    assert torch.equal(ours, official)

@@ -197,3 +197,26 @@ def test_eval_pipeline_short_side_and_normalisation():
 def test_random_size_crop_rejects_small_frames():
     with pytest.raises(ValueError, match="cannot crop"):
         T.RandomSizeCrop(384, 600)(_clip(), _target(), np.random.default_rng(0))
+
+
+OFFICIAL_NORMALIZE = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("hw", [(45, 71), (67, 39), (33, 47), (360, 640), (241, 320)])
+def test_eval_transforms_equal_the_official_pipelines_bit_for_bit(hw):
+    """Ref-YTVOS/DAVIS scripts: torchvision Resize(360), ToTensor, Normalize on PIL frames; A2D/JHMDB
+    loaders: resize to get_size_with_aspect_ratio(360, max 640) with torchvision's functional resize."""
+    import torchvision.transforms as TV
+
+    rng = np.random.default_rng(sum(hw))
+    clip = [Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)) for _ in range(2)]
+    target = {"size": torch.tensor(hw)}
+
+    scripts = TV.Compose([TV.Resize(360), TV.ToTensor(), TV.Normalize(*OFFICIAL_NORMALIZE)])
+    video, _ = T.make_eval_transforms(360, max_size=None)(clip, target, np.random.default_rng(0))
+    assert torch.equal(video, torch.stack([scripts(im) for im in clip]))
+
+    out_h, out_w = T.resized_hw(*hw, 360, 640)
+    loader = TV.Compose([TV.ToTensor(), TV.Normalize(*OFFICIAL_NORMALIZE)])
+    video, _ = T.make_eval_transforms(360, max_size=640)(clip, target, np.random.default_rng(0))
+    assert torch.equal(video, torch.stack([loader(TF.resize(im, [out_h, out_w])) for im in clip]))

@@ -27,6 +27,7 @@ from bifit.evaluation import a2d_metrics
 from bifit.inference.a2d_predict import (
     build_eval_dataset,
     ground_truth,
+    official_batches,
     postprocess_masks,
 )
 
@@ -76,14 +77,16 @@ def test_a2d_predictions_hold_every_query_of_every_test_sample(a2d_run, checkpoi
     assert all(p["segmentation"]["size"] == [H, W] for p in predictions)
     assert not list(a2d_run.glob("predictions.rank*"))
 
-    # The first sample, recomputed with the official steps: centred 6-frame clip, annotated frame
-    # kept after the backbone, all queries' masks post-processed as A2DSentencesPostProcess does.
+    # The first sample, recomputed with the official steps: centred 6-frame clip zero-padded to a
+    # multiple of 32 (the official collate_fn), annotated frame kept after the backbone, all queries'
+    # masks post-processed as A2DSentencesPostProcess does.
     dataset = build_eval_dataset("a2d", a2d_root, short_side=SHORT_SIDE)
     video, target = dataset[0]
     assert target["image_id"] == A2D_IDS[0] and video.shape[0] == 6
     model = bifit.load_pretrained(checkpoint)
     with torch.no_grad():
-        out = model([video], [target["caption"]], valid_indices=target["valid_indices"])
+        out = model([video], [target["caption"]], size_divisibility=32, valid_indices=target["valid_indices"])
+    assert out["pred_masks"].shape[-2:] == (64 // 4, 64 // 4)  # 40x61 input -> 64x64 canvas
     scores = out["pred_logits"][0, 0, :, 0].sigmoid()
     logits = out["pred_masks"][0, 0]  # [Q, h4, w4]
     up = F.interpolate(logits[None], size=(logits.shape[-2] * 4, logits.shape[-1] * 4), mode="bilinear",
@@ -186,3 +189,58 @@ def test_evaluation_rejects_incomplete_or_foreign_predictions(a2d_run, a2d_root,
     (tmp_path / "bad.json").write_text('{"a": 1}')
     assert main(["evaluate", "a2d", "--data-root", str(a2d_root), "--predictions", str(tmp_path / "bad.json")]) == 2
     assert "JSON list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "batch_size", "num_gpus", "expected"),
+    [
+        (7, 2, 1, [[0, 1], [2, 3], [4, 5], [6]]),
+        # 3 GPUs: blocks of ceil(7 / 3) = 3, the last filled up with samples 0 and 1.
+        (7, 2, 3, [[0, 1], [2], [3, 4], [5], [6, 0], [1]]),
+        (4, 2, 4, [[0], [1], [2], [3]]),
+        (3, 1, 2, [[0], [1], [2], [0]]),
+        (5, 3, 1, [[0, 1, 2], [3, 4]]),
+    ],
+)
+def test_official_batches_follow_the_official_samplers(num_samples, batch_size, num_gpus, expected):
+    assert official_batches(num_samples, batch_size, num_gpus) == expected
+
+
+def test_official_batches_reject_bad_arguments():
+    for args in ((0, 1, 1), (3, 0, 1), (3, 1, 0)):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            official_batches(*args)
+
+
+def test_batches_of_two_are_padded_together_to_a_multiple_of_32(a2d_root, checkpoint, tmp_path, monkeypatch):
+    # Three official GPUs: blocks of ceil(4 / 3) = 2 samples, [0, 1], [2, 3], then [0, 1] again to fill the last.
+    assert main(predict_args("a2d", a2d_root, checkpoint, tmp_path, "--batch-size", "2", "--official-gpus", "3")) == 0
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    q = bifit.load_pretrained(checkpoint).config.num_queries
+    order = A2D_IDS + A2D_IDS[:2]
+    assert [p["image_id"] for p in predictions] == [i for i in order for _ in range(q)]
+    assert predictions[:2 * q] == predictions[4 * q :]  # the repeated batch is the same batch
+
+    # The second batch, recomputed: both clips on one canvas rounded up to a multiple of 32.
+    dataset = build_eval_dataset("a2d", a2d_root, short_side=SHORT_SIDE)
+    (v2, t2), (v3, t3) = dataset[2], dataset[3]
+    model = bifit.load_pretrained(checkpoint)
+    with torch.no_grad():
+        out = model([v2, v3], [t2["caption"], t3["caption"]], size_divisibility=32,
+                    valid_indices=[t2["valid_indices"][0], t3["valid_indices"][0]])
+    masks = postprocess_masks(out["pred_masks"][:, 0], torch.stack([t2["size"], t3["size"]]),
+                              torch.stack([t2["orig_size"], t3["orig_size"]]))
+    scores = out["pred_logits"][:, 0, :, 0].sigmoid()
+    for b in range(2):
+        for i in range(q):
+            p = predictions[(2 + b) * q + i]
+            assert p["score"] == pytest.approx(float(scores[b, i]), abs=1e-6)
+            np.testing.assert_array_equal(decode(p), masks[b][i])
+
+    # Split over two processes, the batches merge back into the official order.
+    barriers: list[int] = []
+    ranks = tmp_path / "ranks"
+    for rank in (1, 0):
+        fake_rank(monkeypatch, rank, 2, barriers)
+        assert main(predict_args("a2d", a2d_root, checkpoint, ranks, "--batch-size", "2", "--official-gpus", "3")) == 0
+    assert json.loads((ranks / "predictions.json").read_text()) == predictions

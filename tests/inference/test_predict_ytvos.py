@@ -223,3 +223,20 @@ def test_a_full_disk_while_zipping_names_the_zip_and_leaves_no_partial_file(vali
     with pytest.raises(OutputError, match=r"cannot write .*submission.zip: No space left on device"):
         write_submission_zip(valid_run / "valid", videos, tmp_path / "submission.zip")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [(71, 45), (39, 67), (640, 360)])
+def test_load_frames_equals_the_official_script_transform_bit_for_bit(tmp_path, size):
+    """inference_ytvos.py / inference_davis.py: PIL RGB frames through Resize(360), ToTensor, Normalize."""
+    import torchvision.transforms as TV
+
+    rng = np.random.default_rng(size[0])
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i:05d}.jpg")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
+    transform = TV.Compose([TV.Resize(360), TV.ToTensor(), TV.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    expected = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    clip, original = load_frames(paths)
+    assert original == (size[1], size[0])
+    assert torch.equal(clip, expected)

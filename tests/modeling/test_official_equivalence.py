@@ -11,7 +11,7 @@ import torch
 
 import bifit
 from bifit.modeling.checkpoint import convert_official_state_dict, official_key_to_bifit
-from seeded_weights import seeded_tensor
+from seeded_weights import official_state_dict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REFERENCE = FIXTURES / "official_model" / "reference.pt"
@@ -21,19 +21,6 @@ TINY_ROBERTA = FIXTURES / "tiny_roberta"
 @pytest.fixture(scope="module")
 def reference():
     return torch.load(REFERENCE, weights_only=True)
-
-
-def official_state_dict(reference) -> dict[str, torch.Tensor]:
-    """The official-format state dict the fixture was produced with, rebuilt from key names."""
-    shared = reference.get("shared_keys", {})
-    state = {}
-    for key, shape in reference["state_dict_shapes"].items():
-        dtype = reference["state_dict_dtypes"][key]
-        if dtype != "torch.float32":
-            state[key] = torch.arange(shape[-1]).expand(*shape).clone()
-        else:
-            state[key] = seeded_tensor(shared.get(key, key), shape, reference["seed"])
-    return state
 
 
 @pytest.fixture(scope="module")

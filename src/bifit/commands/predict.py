@@ -105,7 +105,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--max-size", type=int, default=640, help="cap on the longer input side (official: 640)")
         p.add_argument(
             "--batch-size", type=int, default=1,
-            help="clips per forward pass; clips of a batch are zero-padded to a common size (default 1)",
+            help="clips per forward pass (per GPU of the official run), zero-padded together to their largest "
+            "size rounded up to a multiple of 32 as the official loader does; the released numbers used 2 "
+            "(default 1: each clip alone, still padded to a multiple of 32)",
+        )
+        p.add_argument(
+            "--official-gpus", type=int, default=1,
+            help="form the batches as the official evaluation on this many GPUs does: each GPU batches its own "
+            "contiguous block of samples, the last block filled up with the first samples, which are then "
+            "predicted and scored twice; the released numbers used 4 (default 1). Independent of the number of "
+            "processes of this run",
         )
         p.add_argument("--workers", type=int, default=2, help="data loading worker processes (default 2)")
         p.set_defaults(func=run_a2d)
@@ -216,38 +225,41 @@ def run_a2d(args: argparse.Namespace) -> int:
         evaluate_predictions,
         format_a2d_metrics,
         ground_truth,
-        predict_samples,
+        official_batches,
+        predict_batches,
     )
     from ..inference.benchmarks import distributed_shard
 
     _check_positive(args.num_frames, "--num-frames")
     _check_positive(args.max_size, "--max-size")
     _check_positive(args.batch_size, "--batch-size")
+    _check_positive(args.official_gpus, "--official-gpus")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     dataset = build_eval_dataset(
         args.benchmark, args.data_root, num_frames=args.num_frames, short_side=args.short_side, max_size=args.max_size
     )
+    batches = official_batches(len(dataset), args.batch_size, args.official_gpus)
     model = _load(args)
     make_dirs(args.output)
     with distributed_shard() as shard:
-        indices = shard.take(range(len(dataset)))
-        predictions = predict_samples(
-            model, dataset, indices, batch_size=args.batch_size, num_workers=args.workers,
+        positions = shard.take(range(len(batches)))
+        predicted = predict_batches(
+            model, dataset, [batches[i] for i in positions], num_workers=args.workers,
             progress=not args.no_progress, desc=f"{args.benchmark} [rank {shard.rank}/{shard.world_size}]",
         )
         part = args.output / f"predictions.rank{shard.rank}-of-{shard.world_size}.json"
-        write_text(part, json.dumps(predictions))
+        write_text(part, json.dumps(dict(zip(map(str, positions), predicted, strict=True))))
         shard.barrier()
         if not shard.is_main:
             return 0
         gt = ground_truth(args.benchmark, args.data_root)
         parts = [args.output / f"predictions.rank{r}-of-{shard.world_size}.json" for r in range(shard.world_size)]
-        by_id: dict[str, list[dict[str, Any]]] = {}
+        by_position: dict[int, list[dict[str, Any]]] = {}
         for path in parts:
-            for p in json.loads(path.read_text()):
-                by_id.setdefault(p["image_id"], []).append(p)
-        merged = [p for image_id in gt.ids for p in by_id.get(image_id, [])]
+            by_position.update((int(k), v) for k, v in json.loads(path.read_text()).items())
+        # The official order: the batches as the official run gathers them.
+        merged = [p for position in range(len(batches)) for p in by_position[position]]
         write_text(args.output / "predictions.json", json.dumps(merged))
         for path in parts:
             path.unlink()
@@ -256,4 +268,3 @@ def run_a2d(args: argparse.Namespace) -> int:
         print(format_a2d_metrics(metrics, "A2D-Sentences" if args.benchmark == "a2d" else "JHMDB-Sentences"))
         print(f"wrote {args.output / 'predictions.json'} and {args.output / 'metrics.json'}")
     return 0
-

@@ -2,9 +2,14 @@
 
 Prediction: every sample (one referred instance in one annotated frame) is a clip of
 ``num_frames`` (official 6) consecutive frames centred on the annotated frame (edge frames
-repeated), resized to shorter side 360 (longer side at most 640). The model keeps only the
-annotated frame after the backbone (``valid_indices``), as the official model does. All Q queries
-are kept: mask logits upsampled ×4 bilinearly to the padded input size, thresholded at
+repeated), resized to shorter side 360 (longer side at most 640). The clips of a batch are
+zero-padded bottom/right to their largest height and width, each rounded up to a multiple of 32,
+as the official evaluation loader collates them (``utils.collate_fn`` ->
+``nested_tensor_from_videos_list(..., size_divisibility=32)``): even a batch of one clip is padded
+(360x480 -> 384x480), and the padding changes the features, so the batches must be formed as the
+official run formed them (:func:`official_batches`) to reproduce its numbers exactly. The model
+keeps only the annotated frame after the backbone (``valid_indices``), as the official model does.
+All Q queries are kept: mask logits upsampled ×4 bilinearly to the padded canvas, thresholded at
 sigmoid > 0.5, cropped to the unpadded input size, resized to the original frame size with nearest
 neighbour; score = sigmoid of the class logit.
 
@@ -21,6 +26,7 @@ inflated), the same from the top-1 prediction, overall / mean IoU and P@0.5..0.9
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bifit.data.a2d import (
@@ -55,13 +61,16 @@ from bifit.modeling.bifit import BifitModel
 __all__ = [
     "A2D_EVAL_MAX_SIZE",
     "A2D_NUM_FRAMES",
+    "A2D_SIZE_DIVISIBILITY",
     "GroundTruth",
     "build_eval_dataset",
     "evaluate_predictions",
     "format_a2d_metrics",
     "ground_truth",
     "load_predictions",
+    "official_batches",
     "postprocess_masks",
+    "predict_batches",
     "predict_samples",
 ]
 
@@ -70,6 +79,8 @@ BENCHMARKS: tuple[Benchmark, ...] = ("a2d", "jhmdb")
 #: Official evaluation clip length (``--num_frames`` default) and longer-side cap.
 A2D_NUM_FRAMES = 6
 A2D_EVAL_MAX_SIZE = 640
+#: The official evaluation loader pads every batch to a multiple of this (``utils.collate_fn``).
+A2D_SIZE_DIVISIBILITY = 32
 #: Output stride of the mask logits.
 MASK_STRIDE = 4
 
@@ -127,53 +138,117 @@ def _encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def official_batches(num_samples: int, batch_size: int = 1, num_gpus: int = 1) -> list[list[int]]:
+    """The batches of sample indices the official A2D/JHMDB evaluation forms, in gathered order.
+
+    ``main.py --eval`` loads the dataset (in file order) with ``DataLoader(batch_size=B,
+    drop_last=False)``. On one GPU the sampler is sequential: batches are consecutive runs of B
+    samples. On N GPUs it is the Deformable-DETR ``DistributedSampler(shuffle=False)``: the index
+    list is padded to a multiple of N by repeating its first indices, GPU r takes the contiguous
+    block ``[r * n, (r + 1) * n)`` with ``n = ceil(num_samples / N)`` and batches it alone, and
+    ``all_gather`` concatenates the predictions of GPU 0, 1, ... So which samples share a batch
+    (and are padded together) depends on N, and the last GPU predicts the first
+    ``N * n - num_samples`` samples a second time; the evaluation counts both copies.
+
+    Args:
+        num_samples: size of the evaluation dataset.
+        batch_size: clips per batch on each GPU (the released numbers: 2).
+        num_gpus: GPUs of the official run (the released numbers: 4).
+
+    Returns:
+        The batches in the order their predictions are gathered; every sample appears at least once.
+    """
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("num_gpus", num_gpus)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    per_gpu = math.ceil(num_samples / num_gpus)
+    indices = list(range(num_samples))
+    indices += indices[: per_gpu * num_gpus - num_samples]
+    batches = []
+    for start in range(0, len(indices), per_gpu):
+        block = indices[start : start + per_gpu]
+        batches += [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    return batches
+
+
 @torch.inference_mode()
-def predict_samples(
+def predict_batches(
     model: BifitModel,
     dataset: Dataset,
-    indices: Sequence[int] | None = None,
+    batches: Sequence[Sequence[int]],
     *,
-    batch_size: int = 1,
+    size_divisibility: int = A2D_SIZE_DIVISIBILITY,
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "a2d",
-) -> list[dict[str, Any]]:
-    """COCO-format predictions (all Q queries) of the dataset's samples ``indices``.
+) -> Iterator[list[dict[str, Any]]]:
+    """COCO-format predictions (all Q queries) of each batch of samples, one list per batch.
 
     Args:
         model: the model in eval mode.
         dataset: an evaluation dataset of :func:`build_eval_dataset` (items carry ``image_id``,
             ``valid_indices``, ``size`` and ``orig_size``).
-        indices: samples to predict (default all), e.g. a rank's share.
-        batch_size: clips per forward pass (padded to a common size, as the official batching).
+        batches: lists of sample indices, each predicted in one forward pass, its clips zero-padded
+            to a common canvas (e.g. :func:`official_batches`, or a rank's share of them).
+        size_divisibility: round the canvas up to a multiple of this (official: 32).
         num_workers: DataLoader worker processes (video decoding).
         progress: show a progress bar.
         desc: progress bar label.
 
-    Returns:
-        ``{"image_id", "category_id": 1, "segmentation": {"size", "counts"}, "score"}`` dicts,
-        Q per sample in query order, samples in ``indices`` order.
+    Yields:
+        Per batch, ``{"image_id", "category_id": 1, "segmentation": {"size", "counts"}, "score"}``
+        dicts, Q per sample in query order, samples in batch order.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    subset = Subset(dataset, list(range(len(dataset)) if indices is None else indices))
-    loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers)
-    predictions = []
+    if size_divisibility < 1:
+        raise ValueError(f"size_divisibility must be >= 1, got {size_divisibility}")
+    batches = [list(b) for b in batches]
+    if any(not b for b in batches):
+        raise ValueError("every batch needs at least one sample")
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers)
     for videos, captions, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress):
         valid = [int(t["valid_indices"][0]) for t in targets]
-        out = model([v.to(model.device) for v in videos], captions, valid_indices=valid)
+        out = model(
+            [v.to(model.device) for v in videos], captions, size_divisibility=size_divisibility, valid_indices=valid
+        )
         scores = out["pred_logits"][:, 0, :, 0].sigmoid().cpu()  # [B, Q]
         masks = postprocess_masks(
             out["pred_masks"][:, 0],
             torch.stack([t["size"] for t in targets]),
             torch.stack([t["orig_size"] for t in targets]),
         )
-        for target, sample_scores, sample_masks in zip(targets, scores, masks, strict=True):
-            for score, mask in zip(sample_scores.tolist(), sample_masks, strict=True):
-                predictions.append(
-                    {"image_id": target["image_id"], "category_id": 1, "segmentation": _encode_rle(mask), "score": score}
-                )
-    return predictions
+        yield [
+            {"image_id": target["image_id"], "category_id": 1, "segmentation": _encode_rle(mask), "score": score}
+            for target, sample_scores, sample_masks in zip(targets, scores, masks, strict=True)
+            for score, mask in zip(sample_scores.tolist(), sample_masks, strict=True)
+        ]
+
+
+def predict_samples(
+    model: BifitModel,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1,
+    num_gpus: int = 1,
+    size_divisibility: int = A2D_SIZE_DIVISIBILITY,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "a2d",
+) -> list[dict[str, Any]]:
+    """Predictions of the whole dataset in the official evaluation's batches and order.
+
+    The batches are :func:`official_batches` ``(len(dataset), batch_size, num_gpus)``; see
+    :func:`predict_batches` for the other arguments and the prediction format. Returns the
+    predictions of all batches in order (as the official ``all_gather`` does).
+    """
+    batches = official_batches(len(dataset), batch_size, num_gpus)
+    return [
+        p
+        for batch in predict_batches(
+            model, dataset, batches, size_divisibility=size_divisibility, num_workers=num_workers,
+            progress=progress, desc=desc,
+        )
+        for p in batch
+    ]
 
 
 @dataclass(frozen=True)
