@@ -19,11 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .inference.predictor import Segmenter
+if TYPE_CHECKING:
+    from .inference.predictor import Segmenter
+
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -74,7 +76,7 @@ def parse_expressions(text: str | None) -> list[str]:
 
 
 def segment_to_overlay(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     video: str | os.PathLike[str],
     expressions: Sequence[str],
     output: str | os.PathLike[str],
@@ -204,7 +206,7 @@ class SessionFiles:
 
 
 def build_app(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,
     description: str = "",
     files: SessionFiles | None = None,
@@ -274,7 +276,7 @@ def build_app(
 
 
 def serve(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     host: str = "127.0.0.1",
     port: int | None = None,
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,

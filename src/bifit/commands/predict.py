@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.transforms import MAX_LONG_SIDE
+from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..data.transforms import MAX_LONG_SIDE
+from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text, writing
 
 #: Frame rate of the overlays for inputs that have none (frame folders, images).

@@ -11,7 +11,7 @@ _EXPORTS = {
     "apply_overrides": ".config",
     "get_training_preset": ".config",
     "training_preset_names": ".config",
-    "CriterionConfig": ".criterion",
+    "CriterionConfig": ".criterion_config",
     "VideoSetCriterion": ".criterion",
     "build_criterion": ".criterion",
     "num_valid_frames": ".criterion",
@@ -29,7 +29,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .config import TRAINING_PRESETS, TrainingConfig, apply_overrides, get_training_preset, training_preset_names
-    from .criterion import CriterionConfig, VideoSetCriterion, build_criterion, num_valid_frames
+    from .criterion import VideoSetCriterion, build_criterion, num_valid_frames
+    from .criterion_config import CriterionConfig
     from .loop import TrainResult, train
     from .matcher import VideoHungarianMatcher, VideoTargets, collate_targets
     from .optim import build_optimizer, build_scheduler, parameter_groups
