@@ -10,9 +10,7 @@ logits upsampled bilinearly from stride 4, thresholded at 0.5. Each evaluation a
 (share of expressions whose mask overlaps the referred object most) and `hedged` (share whose mask
 covers at least half of two or more objects), and `landed_alone`: for the expressions that state a single
 attribute ("the circle", "the shape moving left"), the landed share per attribute (colour, shape, size,
-position, motion), which tells what the model has learnt to ground. `by_direction` splits the
-expressions that single their object out only by the direction of its motion ("the circle moving left"
-beside a circle moving right), which BIFIT cannot see, from the rest. `stride4_ceiling` is what a perfect
+position, motion), which tells what the model has learnt to ground. `stride4_ceiling` is what a perfect
 stride-4 prediction would score on the same clips.
 
     PYTHONPATH=src python benchmarks/bench_train_synthetic.py --output bench_train.json --figure curve.png
@@ -28,7 +26,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +34,7 @@ import torch.nn.functional as F
 
 from bifit import load_pretrained
 from bifit.data.collate import collate_fn
-from bifit.data.synthetic import DIRECTIONS, SyntheticRVOS, matches
+from bifit.data.synthetic import SyntheticRVOS
 from bifit.data.targets import build_target, normalize_frames
 from bifit.evaluation import contour_accuracy, region_similarity
 from bifit.training import apply_overrides, get_training_preset, train
@@ -73,25 +70,6 @@ def attribute_kind(clip_object, expression: str) -> str | None:
     return "position" if name in ("vertical", "horizontal") else name
 
 
-def needs_direction(clip, referred: int, expression: str) -> bool:
-    """Whether an expression of object `referred` picks it out only through the direction of its motion:
-    read with "moving left/right/up/down" as plain "moving", it would describe another object too.
-
-    BIFIT cannot see the order of frames (tests/modeling/test_model.py), so it can only guess these.
-    """
-    obj = clip.objects[referred]
-    descriptor = obj.descriptors[obj.expressions.index(expression)]
-    if not any(name == "motion" and value in DIRECTIONS for name, value in descriptor):
-        return False
-
-    def blind(motion: str) -> str:
-        return "moving" if motion in DIRECTIONS else motion
-
-    stated = tuple((name, blind(value) if name == "motion" else value) for name, value in descriptor)
-    fitting = [o for o in clip.objects if matches(replace(o.attributes, motion=blind(o.attributes.motion)), stated)]
-    return len(fitting) > 1
-
-
 def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> dict:
     """J and F of ideal mask logits at stride 4 (the area share of each 4 x 4 cell, as logits) after the
     inference upsampling: what the held-out clips allow a perfect model at this resolution."""
@@ -111,13 +89,11 @@ def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> d
 def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[int, int], batch_size: int = 8) -> dict:
     """Mean J, F and J&F of the model in `model_dir` on `num_clips` held-out synthetic clips, the shares
     of expressions whose mask landed on the referred object or hedged over several, the landed
-    share of single-attribute expressions per attribute (`landed_alone`), and the expressions that
-    need the direction of motion apart from the rest (`by_direction`: share, landed, J&F of each)."""
+    share of single-attribute expressions per attribute (`landed_alone`)."""
     model = load_pretrained(model_dir)
     dataset = SyntheticRVOS(num_clips, num_frames=num_frames, size=size, seed=HELDOUT_SEED)
     j_scores, f_scores, landed, hedged = [], [], [], []
     landed_alone: dict[str, list[bool]] = {}
-    direction: list[bool] = []
     for start in range(0, num_clips, batch_size):
         samples = [dataset.sample(i) for i in range(start, min(start + batch_size, num_clips))]
         items = [(normalize_frames(c.frames), build_target(c.objects[r].masks, text)) for c, r, text in samples]
@@ -136,22 +112,10 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
             kind = attribute_kind(clip.objects[referred], text)
             if kind is not None:
                 landed_alone.setdefault(kind, []).append(outcome[0])
-            direction.append(needs_direction(clip, referred, text))
     j, f = float(np.mean(j_scores)), float(np.mean(f_scores))
-    by_direction = {}
-    for name, wanted in (("needs_direction", True), ("other", False)):
-        chosen = [i for i, d in enumerate(direction) if d == wanted]
-        if chosen:
-            jf = [(j_scores[i] + f_scores[i]) / 2 for i in chosen]
-            by_direction[name] = {
-                "share": len(chosen) / len(direction),
-                "landed": float(np.mean([landed[i] for i in chosen])),
-                "J&F": float(np.mean(jf)),
-            }
     return {
         "J": j, "F": f, "J&F": (j + f) / 2, "landed": float(np.mean(landed)), "hedged": float(np.mean(hedged)),
         "landed_alone": {kind: float(np.mean(v)) for kind, v in sorted(landed_alone.items())},
-        "by_direction": by_direction,
     }
 
 

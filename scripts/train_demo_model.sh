@@ -30,7 +30,7 @@ fi
 # its shape features instead of overwriting them. --resume starts afresh when RUN_DIR holds no
 # checkpoint yet.
 TRAIN=(bifit train --preset synthetic_tiny --backbone-weights "$RUN_DIR/backbone.pth" --set lr_backbone=1e-4
-       --set epochs=30 --set "lr_drop=[24]")
+       --set epochs=60 --set "lr_drop=[50]")
 "${TRAIN[@]}" --output-dir "$RUN_DIR" --no-progress --resume
 
 bifit demo --checkpoint "$RUN_DIR/final" --output "$RUN_DIR/demo_final" --overwrite

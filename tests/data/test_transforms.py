@@ -8,6 +8,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from bifit.data import frame_sizes
 from bifit.data import transforms as T
 from bifit.data.targets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -41,39 +42,39 @@ def test_resized_hw_without_max_matches_torchvision(hw, size):
     h, w = hw
     img = Image.new("RGB", (w, h))
     out = TF.resize(img, size)
-    assert T.resized_hw(h, w, size) == (out.height, out.width)
+    assert frame_sizes.resized_hw(h, w, size) == (out.height, out.width)
 
 
 def test_resized_hw_caps_the_long_side():
     # 1280 / 360 * 512 > 640, so the short side becomes round(640 * 360 / 1280) = 180
-    assert T.resized_hw(360, 1280, 512, max_size=640) == (180, 640)
-    assert T.resized_hw(480, 854, 360, max_size=640) == (360, 640)
-    assert T.resized_hw(480, 640, 512, max_size=640) == (480, 640)
+    assert frame_sizes.resized_hw(360, 1280, 512, max_size=640) == (180, 640)
+    assert frame_sizes.resized_hw(480, 854, 360, max_size=640) == (360, 640)
+    assert frame_sizes.resized_hw(480, 640, 512, max_size=640) == (480, 640)
     with pytest.raises(ValueError, match="positive"):
-        T.resized_hw(0, 10, 360)
+        frame_sizes.resized_hw(0, 10, 360)
 
 
 @pytest.mark.parametrize("hw", [(480, 854), (720, 1280), (1080, 1920), (2160, 3840), (1280, 720), (360, 1440), (100, 100)])
 def test_the_long_side_limit_never_changes_a_normal_input_size(hw):
     for short_side in (360, None):
-        expected = hw if short_side is None else T.resized_hw(*hw, short_side)
-        assert T.model_input_hw(*hw, short_side) == expected
-        assert T.model_input_hw(*hw, short_side, max_long_side=None) == expected
+        expected = hw if short_side is None else frame_sizes.resized_hw(*hw, short_side)
+        assert frame_sizes.model_input_hw(*hw, short_side) == expected
+        assert frame_sizes.model_input_hw(*hw, short_side, max_long_side=None) == expected
 
 
 def test_the_long_side_limit_refuses_absurd_shapes_and_can_be_raised():
-    with pytest.raises(T.FrameSizeError, match=r"a 4000x2 frame resized to 720000x360 \(shorter side 360\) has a "
+    with pytest.raises(frame_sizes.FrameSizeError, match=r"a 4000x2 frame resized to 720000x360 \(shorter side 360\) has a "
                        r"longer side of 720000 px, over the limit of 4096 px \(aspect ratio 2000:1\).*--max-long-side"):
-        T.model_input_hw(2, 4000, 360)
-    with pytest.raises(T.FrameSizeError, match="a 5000x4000 frame as it is has a longer side of 5000 px"):
-        T.model_input_hw(4000, 5000, None)
-    assert T.model_input_hw(2, 100, 32, max_long_side=1600) == (32, 1600)
-    with pytest.raises(T.FrameSizeError, match="over the limit of 1599 px"):
-        T.model_input_hw(2, 100, 32, max_long_side=1599)
-    assert T.model_input_hw(2, 4000, 360, max_long_side=None) == (360, 720000)
+        frame_sizes.model_input_hw(2, 4000, 360)
+    with pytest.raises(frame_sizes.FrameSizeError, match="a 5000x4000 frame as it is has a longer side of 5000 px"):
+        frame_sizes.model_input_hw(4000, 5000, None)
+    assert frame_sizes.model_input_hw(2, 100, 32, max_long_side=1600) == (32, 1600)
+    with pytest.raises(frame_sizes.FrameSizeError, match="over the limit of 1599 px"):
+        frame_sizes.model_input_hw(2, 100, 32, max_long_side=1599)
+    assert frame_sizes.model_input_hw(2, 4000, 360, max_long_side=None) == (360, 720000)
     # A cap on the longer side (A2D/JHMDB) would shrink the shorter one to nothing: refused as well.
-    with pytest.raises(T.FrameSizeError, match="a 4000x2 frame resized to 0x0 .* no pixels left"):
-        T.model_input_hw(2, 4000, 360, max_size=640)
+    with pytest.raises(frame_sizes.FrameSizeError, match="a 4000x2 frame resized to 0x0 .* no pixels left"):
+        frame_sizes.model_input_hw(2, 4000, 360, max_size=640)
 
 
 def test_resize_pixels_match_torchvision_and_masks_use_nearest():
@@ -216,7 +217,7 @@ def test_eval_transforms_equal_the_official_pipelines_bit_for_bit(hw):
     video, _ = T.make_eval_transforms(360, max_size=None)(clip, target, np.random.default_rng(0))
     assert torch.equal(video, torch.stack([scripts(im) for im in clip]))
 
-    out_h, out_w = T.resized_hw(*hw, 360, 640)
+    out_h, out_w = frame_sizes.resized_hw(*hw, 360, 640)
     loader = TV.Compose([TV.ToTensor(), TV.Normalize(*OFFICIAL_NORMALIZE)])
     video, _ = T.make_eval_transforms(360, max_size=640)(clip, target, np.random.default_rng(0))
     assert torch.equal(video, torch.stack([loader(TF.resize(im, [out_h, out_w])) for im in clip]))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import bifit
-from bifit.data.transforms import FrameSizeError
+from bifit.data.frame_sizes import FrameSizeError
 from bifit.data.video import read_frames
 from bifit.inference.predictor import Segmenter, check_expressions, default_checkpoint
 from bifit.inference.visualize import write_mp4

@@ -51,8 +51,9 @@ def test_collate_pads_to_a_multiple_of_32_then_samples_every_4th_pixel_from_2() 
 
 def test_released_configuration_and_aux_weights_follow_the_outputs() -> None:
     config = CriterionConfig()
-    assert config.num_classes == 1 and config.focal_alpha == 0.25
-    assert config.mask_out_stride == 4 and config.size_divisibility == 32
+    assert config.focal_alpha == 0.25 and config.mask_out_stride == 4
+    released = build_criterion()
+    assert released.num_classes == 1 and released.size_divisibility == 32
     weights = config.weight_dict(3)
     assert weights["loss_ce_2"] == 2 and weights["loss_bbox"] == 5 and weights["loss_giou_1"] == 2
     assert weights["loss_mask_0"] == 2 and weights["loss_dice"] == 5 and len(weights) == 20
@@ -125,9 +126,9 @@ def test_clear_errors_for_inconsistent_inputs() -> None:
     with pytest.raises(ValueError, match="2 target dicts"):
         criterion(out, [_target(2, 32, 32, [1, 1])] * 2)
     with pytest.raises(ValueError, match="expects 3"):
-        build_criterion(CriterionConfig(num_classes=3))(out, [_target(2, 32, 32, [1, 1])])
+        build_criterion(num_classes=3)(out, [_target(2, 32, 32, [1, 1])])
     bad_aux = {**out, "aux_outputs": [{k: v[..., :4, :4] if k == "pred_masks" else v for k, v in out.items()}]}
     with pytest.raises(ValueError, match="aux_outputs\\[0\\]"):
         criterion(bad_aux, [_target(2, 32, 32, [1, 1])])
     with pytest.raises(ValueError, match="multiple of mask_out_stride"):
-        CriterionConfig(size_divisibility=30)
+        build_criterion(size_divisibility=30)

@@ -26,7 +26,7 @@ def reference() -> dict:
 def _run(case: dict, dtype: torch.dtype = torch.float32):
     """Our losses on the case's inputs, with gradients; layers ordered aux 0..2, final."""
     num_classes = case["outputs"][0]["pred_logits"].shape[-1]
-    criterion = build_criterion(CriterionConfig(num_classes=num_classes))
+    criterion = build_criterion(num_classes=num_classes)
     leaves = [
         {k: v.detach().to(dtype, copy=True).requires_grad_(True) for k, v in layer.items()} for layer in case["outputs"]
     ]
@@ -58,7 +58,7 @@ def test_gradients_match_official(reference: dict, name: str) -> None:
 def test_matched_queries_match_official(reference: dict, name: str) -> None:
     case = reference[name]
     num_classes = case["outputs"][0]["pred_logits"].shape[-1]
-    matcher = build_criterion(CriterionConfig(num_classes=num_classes)).matcher
+    matcher = build_criterion(num_classes=num_classes).matcher
     for layer, expected in zip(case["outputs"], case["matched"]):
         assert matcher(layer, case["targets"]).tolist() == expected.tolist()
 

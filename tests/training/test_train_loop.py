@@ -35,19 +35,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def test_loss_falls_and_metrics_hold_every_term(tiny_bert, tmp_path):
     # Four clips seen again and again: the loss on them must fall clearly.
-    config = tiny_run_config(tiny_bert, synthetic_samples=4, batch_size=4, epochs=10, log_every=1)
+    config = tiny_run_config(tiny_bert, synthetic_samples=4, batch_size=4, epochs=15, log_every=1)
     result = train(config, tmp_path / "run", progress=False)
-    assert result.step == 10 and result.epoch == 10
+    assert result.step == 15 and result.epoch == 15
 
     records = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in records] == list(range(1, 11))
+    assert [r["step"] for r in records] == list(range(1, 16))
     aux = [f"{name}_{i}" for i in range(config.model.dec_layers - 1) for name in LOSS_NAMES]
     for record in records:
         assert {"step", "epoch", "lr", "loss", "grad_norm", *LOSS_NAMES, *aux} <= set(record)
         assert all(math.isfinite(record[k]) for k in ("loss", "lr", *LOSS_NAMES, *aux))
         weighted = sum(w * record[k] for k, w in bifit.training.CriterionConfig().weight_dict(len(aux) // 5).items())
         assert record["loss"] == pytest.approx(weighted, rel=1e-5)
-    assert [r["epoch"] for r in records] == list(range(10))
+    assert [r["epoch"] for r in records] == list(range(15))
     assert all(r["lr"] == 1e-3 for r in records)
     first, last = records[0]["loss"], min(r["loss"] for r in records[-3:])
     assert last < 0.75 * first, [round(r["loss"], 3) for r in records]
@@ -113,6 +113,10 @@ def test_existing_run_needs_resume_or_overwrite(tiny_bert, tmp_path):
         (["--preset", "ytvos_r50", "--data-root", "/no/such/dir"], "--data-root not found: /no/such/dir"),
         (["--preset", "a2d_r50", "--data", "jhmdb"], "JHMDB-Sentences is evaluation-only"),
         (["--preset", "synthetic_tiny", "--set", "colour=red"], "unknown setting 'colour'"),
+        (["--preset", "synthetic_tiny", "--set", "criterion.loss_dice=3"], "unknown criterion field 'loss_dice'"),
+        (["--preset", "synthetic_tiny", "--set", "criterion.mask_focal_alpha=1.5"], "mask_focal_alpha must lie in [0, 1]"),
+        (["--preset", "synthetic_tiny", "--set", "criterion.dice_loss_coef=-1"], "dice_loss_coef must be non-negative"),
+        (["--preset", "synthetic_tiny", "--set", "criterion.cost_mask=much"], "criterion.cost_mask needs a number"),
         (["--preset", "synthetic_tiny", "--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
     ],
 )
@@ -121,6 +125,35 @@ def test_cli_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("bifit train: error:") and message in err and "\n" not in err
+
+
+def test_criterion_settings_reach_the_loss(tiny_bert, tmp_path, monkeypatch):
+    """`--set criterion.<field>=<value>` is stored with the run and changes the loss the loop optimises."""
+    from bifit.training import apply_overrides
+    from bifit.training import loop
+
+    config = apply_overrides(tiny_run_config(tiny_bert, max_steps=1),
+                             ["criterion.dice_loss_coef=3", "criterion.mask_focal_alpha=0.5"])
+    assert config.criterion.dice_loss_coef == 3.0 and config.criterion.mask_focal_alpha == 0.5
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    seen = []
+    real = loop.build_criterion
+
+    def spy(*args, **kwargs):
+        criterion = real(*args, **kwargs)
+        seen.append(criterion)
+        return criterion
+
+    monkeypatch.setattr(loop, "build_criterion", spy)
+    train(config, tmp_path / "run", progress=False)
+    (criterion,) = seen
+    assert criterion.config == config.criterion
+    assert criterion.num_classes == config.model.num_classes and criterion.size_divisibility == config.size_divisibility
+    stored = json.loads((tmp_path / "run" / "train_config.json").read_text())["criterion"]
+    assert stored["dice_loss_coef"] == 3.0 and stored["mask_focal_alpha"] == 0.5
+    (record,) = read_metrics(tmp_path / "run")
+    weights = config.criterion.weight_dict(sum(k.startswith("loss_dice_") for k in record))
+    assert record["loss"] == pytest.approx(sum(w * record[k] for k, w in weights.items()), rel=1e-5)
 
 
 def test_cli_trains_and_refuses_to_clobber(tiny_bert, tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..app import DEFAULT_MAX_UPLOAD_MB
-from ..data.transforms import MAX_LONG_SIDE
+from ..data.frame_sizes import MAX_LONG_SIDE
 
 if TYPE_CHECKING:
     from ..inference.predictor import Segmenter

@@ -28,13 +28,11 @@ if TYPE_CHECKING:
 RESULTS_NAME = "results.json"
 COMMAND_TAG = "bifit demo"
 DEFAULT_OUTPUT = Path("bifit_demo")
-# Frames per second of the overlays: the shapes cross the frame in a few frames.
-OVERLAY_FPS = 4.0
-# Overlays are enlarged so that their shorter side is at least this many pixels (the synthetic
-# frames are tiny, e.g. 96 x 128).
-DISPLAY_SHORT_SIDE = 240
-# Height of one line of the legend under the overlay.
-LEGEND_LINE = 16
+# Frames per clip: long enough to watch the shapes move (the model was trained on shorter clips; its
+# scores do not depend on the clip length).
+DEMO_FRAMES = 12
+# Frames per second of the overlays: a 12-frame clip plays in 2 s.
+OVERLAY_FPS = 6.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an output directory that holds files other than an earlier demo's")
     parser.add_argument("--clips", type=int, default=4, help="number of synthetic clips (default 4)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="frames per clip (default: the clip length the model was trained on)")
+    parser.add_argument("--frames", type=int, default=DEMO_FRAMES,
+                        help=f"frames per clip (default {DEMO_FRAMES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips and expressions (default 0)")
     parser.add_argument("--checkpoint", "-c", type=Path, default=None,
                         help="a demo bundle or a `bifit train` final/ directory (default: the bundled model)")
@@ -74,9 +72,9 @@ class ExpressionScore:
         return (self.j + self.f) / 2.0
 
 
-def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") -> tuple[BifitModel, tuple[int, int], int]:
-    """(model, (H, W) of its training frames, T of its training clips) for a demo bundle or a training run's
-    `final/` directory (whose parent holds `train_config.json`)."""
+def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") -> tuple[BifitModel, tuple[int, int]]:
+    """(model, (H, W) of its training frames) for a demo bundle or a training run's `final/` directory
+    (whose parent holds `train_config.json`)."""
     from ..assets import demo_info, load_demo_model
     from ..devices import resolve_device
     from ..modeling.checkpoint import load_pretrained
@@ -84,7 +82,7 @@ def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") ->
     device = resolve_device(device)
     if checkpoint is None or is_demo_bundle(checkpoint):
         info = demo_info(checkpoint)
-        return load_demo_model(checkpoint, device), info.frame_size, info.num_frames
+        return load_demo_model(checkpoint, device), info.frame_size
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     run_config = checkpoint.parent / "train_config.json"
@@ -98,7 +96,7 @@ def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") ->
         raise ValueError(f"{checkpoint} was trained on {run.get('data')!r}, not on synthetic clips")
     model = load_pretrained(checkpoint, device)
     height, width = run["synthetic_size"]
-    return model, (int(height), int(width)), model.config.num_frames
+    return model, (int(height), int(width))
 
 
 def is_demo_bundle(directory: Path) -> bool:
@@ -123,49 +121,6 @@ def score_masks(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     j = [region_similarity(g, p) for g, p in zip(gt, pred)]
     f = [contour_accuracy(g, p) for g, p in zip(gt, pred)]
     return float(np.mean(j)), float(np.mean(f))
-
-
-def render_overlay(
-    frame: np.ndarray,
-    masks: np.ndarray,
-    boxes: np.ndarray,
-    expressions: Sequence[str],
-    colors: Sequence[tuple[int, int, int]],
-    short_side: int = DISPLAY_SHORT_SIDE,
-) -> np.ndarray:
-    """One overlay frame, enlarged, with a colour legend of the expressions underneath.
-
-    Args:
-        frame: uint8 [H, W, 3] RGB.
-        masks: bool [E, H, W]; an empty mask gets no box (the object is not visible).
-        boxes: float [E, 4] (x1, y1, x2, y2) pixels of `frame`.
-        expressions: E texts for the legend; colors: E RGB colours.
-        short_side: the frame is enlarged (never shrunk) so its shorter side is at least this.
-
-    Returns:
-        uint8 [H * s + legend, W * s, 3] with s = max(1, short_side / min(H, W)).
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    from ..inference.visualize import overlay_masks
-
-    height, width = frame.shape[:2]
-    scale = max(1.0, short_side / min(height, width))
-    size = (round(width * scale), round(height * scale))
-    big = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
-    big_masks = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks])
-    shown = [i for i, m in enumerate(masks) if m.any()]
-    image = overlay_masks(
-        big, big_masks[shown], boxes[shown] * scale if shown else None, [colors[i] for i in shown]
-    ) if shown else big
-    legend = Image.new("RGB", (size[0], LEGEND_LINE * len(expressions) + 4), (24, 24, 24))
-    draw = ImageDraw.Draw(legend)
-    font = ImageFont.load_default(size=LEGEND_LINE - 4)
-    for i, (text, color) in enumerate(zip(expressions, colors)):
-        top = 2 + i * LEGEND_LINE
-        draw.rectangle((4, top + 3, 13, top + 12), fill=tuple(color))
-        draw.text((18, top + 1), text, fill=(235, 235, 235), font=font)
-    return np.concatenate([image, np.asarray(legend)], axis=0)
 
 
 def _is_demo_file(name: str) -> bool:
@@ -223,13 +178,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from ..data.synthetic import SceneConfig, generate_clip
+    from ..data.synthetic import COLOURS, SceneConfig, generate_clip
     from ..inference.predictor import Segmenter
-    from ..inference.visualize import GifWriter, Mp4Writer, color_palette
+    from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
     if args.clips < 1:
         raise ValueError(f"--clips must be at least 1, got {args.clips}")
-    if args.frames is not None and args.frames < 1:
+    if args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
@@ -237,9 +192,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     hf_logging.disable_progress_bar()
-    model, frame_size, train_frames = load_model_for_demo(args.checkpoint, args.device)
+    model, frame_size = load_model_for_demo(args.checkpoint, args.device)
     segmenter = Segmenter(model, short_side=None)
-    scene = SceneConfig(num_frames=args.frames or train_frames, size=frame_size)
+    scene = SceneConfig(num_frames=args.frames, size=frame_size)
+    scale = display_scale(*frame_size)
+    # Mask colours unlike those of the shapes, so that every mask stands out from what it covers.
+    shape_colours = [COLOURS[name] for name in scene.colours]
     make_dirs(args.output)
 
     scores: list[ExpressionScore] = []
@@ -250,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         picked = pick_expressions(clip, rng)
         expressions = [text for _, text in picked]
         result = segmenter.segment(clip.frames, expressions)
-        colors = color_palette(len(expressions))
+        colors = color_palette(len(expressions), avoid=shape_colours)
         entries = []
         for (obj, text), res, color in zip(picked, result, colors):
             j, f = score_masks(clip.objects[obj].masks, res.masks)
@@ -263,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         mp4, gif = _writable(args.output / f"clip{c}.mp4"), _writable(args.output / f"clip{c}.gif")
         with Mp4Writer(mp4, OVERLAY_FPS) as video, GifWriter(gif, OVERLAY_FPS, max_side=None) as animation:
             for t, frame in enumerate(clip.frames):
-                image = render_overlay(frame, masks[t], boxes[t], expressions, colors)
+                image = render_overlay(frame, masks[t], boxes[t], colors, legend=expressions, scale=scale)
                 video.write(image)
                 animation.write(image)
         clips_json.append({"clip": c, "mp4": mp4.name, "gif": gif.name, "expressions": entries})

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.transforms import MAX_LONG_SIDE
+from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text
 
 if TYPE_CHECKING:

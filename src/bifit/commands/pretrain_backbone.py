@@ -17,9 +17,10 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..training.backbone_pretraining import BackbonePretrainingConfig
+    from ..training.config import BackbonePretrainingConfig
 
-    defaults = BackbonePretrainingConfig()
+    # The fields' defaults, without building (and validating) a config just for the help texts.
+    defaults = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(BackbonePretrainingConfig)})
     parser = subparsers.add_parser(
         "pretrain-backbone",
         help="pretrain a preset's backbone on synthetic frames (per-pixel shape, colour and size)",
@@ -45,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..training.backbone_pretraining import BackbonePretrainingConfig, pretrain_backbone
+    from ..devices import resolve_device
+    from ..training.backbone_pretraining import pretrain_backbone
     from ..training.checkpointing import atomic_save
-    from ..training.config import get_training_preset
+    from ..training.config import BackbonePretrainingConfig, get_training_preset
 
     output: Path = args.output
     summary_path = output.with_name(output.name + ".json")

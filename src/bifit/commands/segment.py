@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..data.transforms import MAX_LONG_SIDE
+from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text, writing
 
 #: Frame rate of the overlays for inputs that have none (frame folders, images).
@@ -17,6 +17,10 @@ DEFAULT_FPS = 10.0
 SUMMARY_NAME = "summary.json"
 OVERLAY_MP4 = "overlay.mp4"
 OVERLAY_GIF = "overlay.gif"
+BUNDLED_MODEL_NOTE = (
+    "note: no --checkpoint given, so the bundled demo model is used; it knows only the synthetic world of "
+    "coloured shapes it was trained on, not real videos (pass --checkpoint with a released model for those)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -203,11 +207,13 @@ def _move_into_place(tmp: Path, output: Path, new_dirs: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from tqdm.auto import tqdm
 
     from ..inference.benchmarks import save_mask_png
     from ..inference.predictor import Segmenter, check_expressions, checkpoint_short_side, default_checkpoint
-    from ..inference.visualize import GifWriter, Mp4Writer, color_palette, overlay_masks
+    from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
     expressions = check_expressions(args.text)
     if args.clip_length is not None and args.clip_length < 1:
@@ -222,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.video.exists():
         raise FileNotFoundError(f"input not found: {args.video}")
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+    if args.checkpoint is None:
+        print(BUNDLED_MODEL_NOTE, file=sys.stderr)
     if args.short_side is None:
         args.short_side = checkpoint_short_side(checkpoint)
 
@@ -236,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with segmenter.stream(args.video, expressions, progress=not args.quiet) as result:
             colors = color_palette(len(expressions))
-            labels = [str(i) for i in range(len(expressions))]
+            legend = [f"{i}: {text}" for i, text in enumerate(expressions)]
+            scale = display_scale(*result.frame_size)
             fps = result.fps or DEFAULT_FPS
             per_frame: list[list[dict]] = [[] for _ in expressions]
             for d in dirs:
@@ -252,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                             "box": [round(float(v), 2) for v in frame.boxes[i]],
                             "mask_area": int(frame.masks[i].sum()),
                         })
-                    overlay = overlay_masks(frame.frame, frame.masks, frame.boxes, colors, labels)
+                    overlay = render_overlay(frame.frame, frame.masks, frame.boxes, colors, legend, scale)
                     mp4.write(overlay)
                     gif.write(overlay)
             summary = {

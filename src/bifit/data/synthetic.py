@@ -4,10 +4,12 @@ Each clip shows 2-4 shapes (by default) moving in straight lines over a textured
 Shapes overlap in a random depth order, so nearer ones occlude farther ones, and some leave the
 frame during the clip, so their masks are empty in the last frames. Objects often share colour,
 shape or size with another object, so an expression may need colour, shape, size, position and
-motion together to pick one out: "the small red circle moving left", "the square at the top".
+motion together to pick one out: "the small red circle standing still", "the square at the top".
 
 Every expression attached to an object is checked to describe that object and no other in its
-clip. Ground truth is exact: a mask holds the pixels where the object is visible (not hidden by a
+clip. Expressions say whether an object moves, never in which direction: BIFIT cannot see the
+order of frames (its outputs for permuted frames are the permuted outputs), so "moving left" and
+"moving right" would be the same clip to it, a question without an answer. Ground truth is exact: a mask holds the pixels where the object is visible (not hidden by a
 nearer object, inside the frame).
 
 :func:`generate_clip` returns a raw clip (uint8 frames, objects with masks, boxes and
@@ -22,7 +24,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -47,8 +48,6 @@ __all__ = [
     "generate_clip",
     "matches",
     "pick_expression",
-    "render_strip",
-    "save_png",
 ]
 
 COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
@@ -64,13 +63,14 @@ COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 SIZES: tuple[str, ...] = ("small", "big")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
-MOTIONS: tuple[str, ...] = (*DIRECTIONS, "still")
+# What an expression may say of an object's motion.
+MOTIONS: tuple[str, ...] = ("moving", "still")
 # What an expression may refer to; "position" covers the vertical and the horizontal extreme.
 ATTRIBUTE_TYPES: tuple[str, ...] = ("colour", "shape", "size", "position", "motion")
 
 # Radius ranges (fraction of the shorter frame side) of a shape with the area of a circle of that
 # radius; the gap between them keeps "small" and "big" unambiguous.
-_RADIUS_RANGE = MappingProxyType({"small": (0.085, 0.105), "big": (0.16, 0.20)})
+_RADIUS_RANGE = MappingProxyType({"small": (0.11, 0.13), "big": (0.19, 0.23)})
 # An object counts as recognisable in a frame when this fraction of its shape is visible.
 _VISIBLE_FRACTION = 0.35
 # "At the top" etc. needs this margin (fraction of the frame side) over every other object.
@@ -78,15 +78,7 @@ _POSITION_MARGIN = 0.1
 _MAX_ATTEMPTS = 200
 _MAX_OBJECTS = 12
 
-_MOTION_PHRASE = MappingProxyType(
-    {
-        "left": "moving left",
-        "right": "moving right",
-        "up": "moving up",
-        "down": "moving down",
-        "still": "standing still",
-    }
-)
+_MOTION_PHRASE = MappingProxyType({"moving": "moving", "still": "standing still"})
 
 Descriptor = tuple[tuple[str, str], ...]
 
@@ -115,7 +107,7 @@ class SceneConfig:
     num_frames: int = 6
     size: tuple[int, int] = (96, 128)
     min_objects: int = 2
-    max_objects: int = 4
+    max_objects: int = 3
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
     shapes: tuple[str, ...] = ("circle", "square", "triangle")
     attributes: tuple[str, ...] = ATTRIBUTE_TYPES
@@ -160,15 +152,21 @@ class ObjectAttributes:
 
     ``vertical`` is "top"/"bottom" and ``horizontal`` "left"/"right" when the object is the extreme
     one of its clip on that axis (by a margin, in every frame it shares with each other object),
-    otherwise None. ``motion`` is the direction of its straight-line motion or "still".
+    otherwise None. ``direction`` is the direction of its straight-line motion (one of
+    :data:`DIRECTIONS`) or "still"; expressions state only ``motion``, "moving" or "still".
     """
 
     colour: str
     shape: str
     size: str
-    motion: str
+    direction: str
     vertical: str | None
     horizontal: str | None
+
+    @property
+    def motion(self) -> str:
+        """What an expression may say of the motion: "moving" or "still"."""
+        return "still" if self.direction == "still" else "moving"
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,7 +210,7 @@ class _Plan:
     shape: str
     size: str
     radius: float
-    motion: str
+    direction: str
     centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [T, 2] (x, y), set by _plan_motion
 
 
@@ -222,7 +220,7 @@ def matches(attributes: ObjectAttributes, descriptor: Descriptor) -> bool:
 
 
 def describe(descriptor: Descriptor) -> str:
-    """The English expression for a descriptor, e.g. "the small red circle moving left"."""
+    """The English expression for a descriptor, e.g. "the small red circle standing still"."""
     stated = dict(descriptor)
     words = ["the"]
     if "size" in stated:
@@ -341,15 +339,15 @@ def _axis_path(rng: np.random.Generator, length: int, extent: float, num_frames:
 
 
 def _plan_motion(rng: np.random.Generator, plan: _Plan, config: SceneConfig) -> None:
-    """Fill ``plan.centres`` with a straight-line trajectory matching ``plan.motion``."""
+    """Fill ``plan.centres`` with a straight-line trajectory matching ``plan.direction``."""
     height, width = config.size
     ex, ey = _half_extent(plan.shape, plan.radius)
     num_frames = config.num_frames
-    if plan.motion == "still":
+    if plan.direction == "still":
         centre = (rng.uniform(ex, width - 1 - ex), rng.uniform(ey, height - 1 - ey))
         plan.centres = np.tile(np.array(centre, dtype=np.float64), (num_frames, 1))
         return
-    horizontal = plan.motion in ("left", "right")
+    horizontal = plan.direction in ("left", "right")
     along_len, along_ext = (width, ex) if horizontal else (height, ey)
     across_len, across_ext = (height, ey) if horizontal else (width, ex)
     leave = num_frames >= 2 and rng.random() < config.leave_prob
@@ -358,7 +356,7 @@ def _plan_motion(rng: np.random.Generator, plan: _Plan, config: SceneConfig) -> 
         along = _axis_path(rng, along_len, along_ext, num_frames, False)
     if along is None:
         raise ValueError(f"frames of size {config.size} are too small for the shapes to move in")
-    if plan.motion in ("left", "up"):
+    if plan.direction in ("left", "up"):
         along = along_len - 1 - along
     # A slight drift across the main direction keeps the motion from looking axis-locked.
     drift = rng.uniform(-0.06, 0.06) * across_len
@@ -458,10 +456,10 @@ def _try_generate(rng: np.random.Generator, config: SceneConfig) -> SyntheticCli
     plans: list[_Plan] = []
     for colour, shape, size in _sample_kinds(rng, count, config):
         low, high = _RADIUS_RANGE[size]
-        motion = "still"
+        direction = "still"
         if num_frames > 1 and rng.random() >= config.still_prob:
-            motion = DIRECTIONS[rng.integers(len(DIRECTIONS))]
-        plan = _Plan(colour, shape, size, rng.uniform(low, high) * short_side, motion)
+            direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
+        plan = _Plan(colour, shape, size, rng.uniform(low, high) * short_side, direction)
         _plan_motion(rng, plan, config)
         if plans and rng.random() < config.occlude_prob:
             _place_to_occlude(rng, plan, plans[rng.integers(len(plans))], num_frames)
@@ -496,7 +494,7 @@ def _try_generate(rng: np.random.Generator, config: SceneConfig) -> SyntheticCli
             colour=p.colour,
             shape=p.shape,
             size=p.size,
-            motion=p.motion,
+            direction=p.direction,
             vertical="top" if vertical[i][0] else "bottom" if vertical[i][1] else None,
             horizontal="left" if horizontal[i][0] else "right" if horizontal[i][1] else None,
         )
@@ -663,44 +661,3 @@ def denormalize_video(video: Tensor) -> np.ndarray:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     pixels = (video.detach().cpu().float() * std + mean) * 255.0
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def render_strip(
-    frames: np.ndarray, masks: np.ndarray | None = None, boxes: np.ndarray | None = None, gap: int = 2
-) -> np.ndarray:
-    """Frames side by side with a mask overlay and boxes, for looking at samples.
-
-    Args:
-        frames: uint8 [T, H, W, 3].
-        masks: optional bool [T, H, W]; pixels outside the mask are darkened.
-        boxes: optional [T, 4] ``xyxy`` pixel boxes; all-zero boxes are skipped.
-        gap: white pixels between frames.
-
-    Returns:
-        uint8 [H, T*W + (T-1)*gap, 3].
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    num_frames, height, width, _ = frames.shape
-    out = np.full((height, num_frames * width + (num_frames - 1) * gap, 3), 255, dtype=np.uint8)
-    for t in range(num_frames):
-        tile = frames[t].copy()
-        if masks is not None:
-            tile[~masks[t]] //= 3
-        if boxes is not None and np.any(boxes[t] != 0):
-            x1, y1, x2, y2 = (round(float(v)) for v in boxes[t])
-            tile[y1 : y2 + 1, [x1, x2]] = 255
-            tile[[y1, y2], x1 : x2 + 1] = 255
-        left = t * (width + gap)
-        out[:, left : left + width] = tile
-    return out
-
-
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write a uint8 [H, W, 3] image as PNG, creating the folder; returns the path."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path

@@ -54,7 +54,8 @@ from bifit.data.jhmdb import (
     load_jhmdb_samples,
     read_part_masks,
 )
-from bifit.data.transforms import EVAL_SHORT_SIZE, make_eval_transforms
+from bifit.data.frame_sizes import EVAL_SHORT_SIZE
+from bifit.data.transforms import make_eval_transforms
 from bifit.evaluation import a2d_metrics
 from bifit.modeling.bifit import BifitModel
 

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 
-from bifit.data.transforms import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, frames_to_tensor, model_input_hw
+from bifit.data.frame_sizes import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
+from bifit.data.transforms import frames_to_tensor
 from bifit.data.video import open_rgb
 from bifit.modeling.bifit import BifitModel
 from bifit.outputs import writing

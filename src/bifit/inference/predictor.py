@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.targets import normalize_frames
-from ..data.transforms import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
+from ..data.frame_sizes import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
 from ..data.video import (
     VIDEO_EXTENSIONS,
     list_frame_files,

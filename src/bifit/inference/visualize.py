@@ -1,5 +1,12 @@
-"""Overlays of segmentation results: masks blended and boxes drawn in one colour per expression,
-written as an mp4 video (PyAV) and an animated GIF (Pillow)."""
+"""Drawing of segmentation results, for `bifit segment`, `bifit demo` and the web app alike.
+
+:func:`render_overlay` is the overlay every command writes: the frame enlarged to a viewable size,
+each expression's mask filled in its colour and outlined (a ring of its colour inside a dark ring,
+so the outline stands out whatever lies under it: a blue mask on a blue object too), its box only
+on frames where the mask is not empty, and a legend under the frame naming each expression's
+colour. :func:`overlay_masks` is the plain blend of the official visualisation. Overlays are written
+as an mp4 video (PyAV) and an animated GIF (Pillow).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..outputs import output_error, writing
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
-__all__ = ["GifWriter", "Mp4Writer", "color_palette", "overlay_masks", "write_gif", "write_mp4"]
+__all__ = [
+    "DISPLAY_SHORT_SIDE",
+    "GifWriter",
+    "Mp4Writer",
+    "color_palette",
+    "display_scale",
+    "overlay_masks",
+    "render_overlay",
+    "render_strip",
+    "write_gif",
+    "write_mp4",
+]
 
 # Distinct, readable colours for the first expressions (Sasha Trubetskoy's list, RGB).
 _BASE_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -28,15 +46,52 @@ _BASE_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 
 
-def color_palette(n: int) -> list[tuple[int, int, int]]:
-    """`n` distinct RGB colours; beyond the fixed first ten, hues step by the golden ratio."""
+#: Overlays of smaller frames are enlarged (by a whole number) to at least this shorter side.
+DISPLAY_SHORT_SIDE = 360
+#: ... but never past this longer side (a strip-like frame stays as it is).
+MAX_DISPLAY_LONG_SIDE = 1920
+# Colours closer than this (Euclidean RGB distance) to one to avoid are skipped by `color_palette`.
+_AVOID_DISTANCE = 80.0
+# Overlay geometry, in pixels of the displayed image.
+_OUTLINE = 2
+_BOX_WIDTH = 2
+_MIN_LEGEND_LINE = 16
+
+
+def color_palette(n: int, avoid: Sequence[Sequence[int]] = ()) -> list[tuple[int, int, int]]:
+    """`n` distinct RGB colours; beyond the fixed first ten, hues step by the golden ratio.
+
+    Args:
+        n: number of colours.
+        avoid: RGB colours known to fill the frames (e.g. the objects of a synthetic clip); palette
+            colours close to any of them are skipped, so that masks stand out.
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    colors = list(_BASE_COLORS[:n])
-    for i in range(len(colors), n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 0.95)
-        colors.append((int(r * 255), int(g * 255), int(b * 255)))
+    avoided = np.asarray(avoid, dtype=np.float64).reshape(-1, 3)
+
+    def distinct(color: tuple[int, int, int]) -> bool:
+        return not len(avoided) or float(np.min(np.linalg.norm(avoided - np.asarray(color), axis=1))) >= _AVOID_DISTANCE
+
+    colors = [c for c in _BASE_COLORS if distinct(c)][:n]
+    step = 0
+    while len(colors) < n:
+        r, g, b = colorsys.hsv_to_rgb((step * 0.618033988749895) % 1.0, 0.85, 0.95)
+        color = (int(r * 255), int(g * 255), int(b * 255))
+        step += 1
+        if distinct(color) or step > 64 * n:
+            colors.append(color)
     return colors
+
+
+def display_scale(height: int, width: int, min_short_side: int | None = DISPLAY_SHORT_SIDE) -> int:
+    """The whole-number enlargement that brings a frame's shorter side to at least `min_short_side`
+    without taking its longer side past `MAX_DISPLAY_LONG_SIDE` (1 when it is already that large, or
+    when `min_short_side` is None)."""
+    if min_short_side is None or min(height, width) >= min_short_side:
+        return 1
+    wanted = -(-int(min_short_side) // min(height, width))
+    return max(1, min(wanted, MAX_DISPLAY_LONG_SIDE // max(height, width)))
 
 
 def overlay_masks(
@@ -88,6 +143,123 @@ def overlay_masks(
             if labels is not None:
                 draw.text((x1 + box_width + 1, y1 + box_width), labels[i], fill=tuple(color))
     return np.asarray(image)
+
+
+def _ring(mask: np.ndarray, inside: bool, width: int) -> np.ndarray:
+    """The `width`-pixel band just inside (or just outside) the boundary of a bool mask."""
+    import cv2
+
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    as_bytes = mask.astype(np.uint8)
+    if inside:
+        return mask & ~cv2.erode(as_bytes, kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
+    return cv2.dilate(as_bytes, kernel).astype(bool) & ~mask
+
+
+def _legend(width: int, texts: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """uint8 [h, width, 3]: one line per expression, its colour swatch then its text (cut to fit)."""
+    line = max(_MIN_LEGEND_LINE, width // 24)
+    image = Image.new("RGB", (width, line * len(texts) + line // 4), (24, 24, 24))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, line - 5))
+    swatch = line - 6
+    for i, (text, color) in enumerate(zip(texts, colors)):
+        top = line // 8 + i * line
+        draw.rectangle((4, top + 3, 4 + swatch, top + 3 + swatch), fill=tuple(color), outline=(255, 255, 255))
+        room = width - (swatch + 14)
+        shown = text
+        while shown and draw.textlength(shown, font=font) > room:
+            shown = shown[:-2] + "…" if len(shown) > 1 else ""
+        draw.text((swatch + 10, top + 1), shown, fill=(235, 235, 235), font=font)
+    return np.asarray(image)
+
+
+def render_overlay(
+    frame: np.ndarray,
+    masks: np.ndarray,
+    boxes: np.ndarray | None,
+    colors: Sequence[tuple[int, int, int]],
+    legend: Sequence[str] | None = None,
+    scale: int = 1,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """One frame of the overlay every bifit command writes.
+
+    Args:
+        frame: uint8 [H, W, 3] RGB.
+        masks: bool [E, H, W], one per expression; an empty mask is drawn as nothing (no box).
+        boxes: [E, 4] (x1, y1, x2, y2) pixels of `frame`, or None for no boxes.
+        colors: E RGB colours.
+        legend: E texts shown under the frame beside their colour, or None for no legend.
+        scale: whole-number enlargement for display (see :func:`display_scale`).
+        alpha: opacity of the mask fill.
+
+    Returns:
+        uint8 [H * scale + legend height, W * scale, 3].
+    """
+    frame = np.asarray(frame)
+    masks = np.asarray(masks, dtype=bool)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+    if masks.ndim != 3 or masks.shape[1:] != frame.shape[:2]:
+        raise ValueError(f"masks must be [E, {frame.shape[0]}, {frame.shape[1]}], got {masks.shape}")
+    count = masks.shape[0]
+    for name, values in (("colours", colors), ("boxes", boxes), ("legend texts", legend)):
+        if values is not None and len(values) != count:
+            raise ValueError(f"got {count} masks but {len(values)} {name}")
+    if scale < 1:
+        raise ValueError(f"scale must be a positive whole number, got {scale}")
+    height, width = frame.shape[:2]
+    if scale > 1:
+        big = Image.fromarray(frame).resize((width * scale, height * scale), Image.Resampling.BILINEAR)
+        frame = np.asarray(big)
+        masks = masks.repeat(scale, axis=1).repeat(scale, axis=2)
+    shown = [i for i in range(count) if masks[i].any()]
+    out = np.array(overlay_masks(frame, masks[shown], colors=[colors[i] for i in shown], alpha=alpha) if shown else frame)
+    for i in shown:
+        out[_ring(masks[i], inside=False, width=1)] = (16, 16, 16)
+        out[_ring(masks[i], inside=True, width=_OUTLINE)] = colors[i]
+    if boxes is not None and shown:
+        image = Image.fromarray(out)
+        draw = ImageDraw.Draw(image)
+        for i in shown:
+            x1, y1, x2, y2 = (float(v) * scale for v in boxes[i])
+            draw.rectangle(((x1, y1), (x2, y2)), outline=tuple(colors[i]), width=_BOX_WIDTH)
+        out = np.asarray(image)
+    if legend is None:
+        return out
+    return np.concatenate([out, _legend(out.shape[1], legend, colors)], axis=0)
+
+
+def render_strip(
+    frames: np.ndarray, masks: np.ndarray | None = None, boxes: np.ndarray | None = None, gap: int = 2
+) -> np.ndarray:
+    """Frames side by side with a mask overlay and boxes, for looking at samples.
+
+    Args:
+        frames: uint8 [T, H, W, 3].
+        masks: optional bool [T, H, W]; pixels outside the mask are darkened.
+        boxes: optional [T, 4] ``xyxy`` pixel boxes; all-zero boxes are skipped.
+        gap: white pixels between frames.
+
+    Returns:
+        uint8 [H, T*W + (T-1)*gap, 3].
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    num_frames, height, width, _ = frames.shape
+    out = np.full((height, num_frames * width + (num_frames - 1) * gap, 3), 255, dtype=np.uint8)
+    for t in range(num_frames):
+        tile = frames[t].copy()
+        if masks is not None:
+            tile[~masks[t]] //= 3
+        if boxes is not None and np.any(boxes[t] != 0):
+            x1, y1, x2, y2 = (round(float(v)) for v in boxes[t])
+            tile[y1 : y2 + 1, [x1, x2]] = 255
+            tile[[y1, y2], x1 : x2 + 1] = 255
+        left = t * (width + gap)
+        out[:, left : left + width] = tile
+    return out
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -181,7 +353,9 @@ class GifWriter:
             scale = self.max_side / max(image.size)
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
-        self._frames.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256))
+        # Octree quantisation keeps small patches of rare colours (a legend swatch, a thin outline) that
+        # the median cut of Pillow's adaptive palette merges into their neighbours.
+        self._frames.append(image.quantize(256, method=Image.Quantize.FASTOCTREE))
 
     def close(self) -> None:
         if not self._frames:

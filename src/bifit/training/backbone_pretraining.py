@@ -13,7 +13,6 @@ the object it belongs to (or background). The result is a torchvision-format sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BifitConfig
+from .config import BackbonePretrainingConfig
 from ..data.synthetic import COLOURS, SHAPES, SIZES, SceneConfig, SyntheticClip, generate_clip
 from ..data.targets import normalize_frames
 from ..devices import resolve_device
@@ -43,44 +43,6 @@ ATTRIBUTE_CLASSES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
 # The transformer reads layer2..layer4; layer1 only feeds the mask head's FPN.
 _SUPERVISED_STAGES = (1, 2, 3)
 _LABEL_STRIDE = 4
-
-
-@dataclass(frozen=True)
-class BackbonePretrainingConfig:
-    """How the backbone is pretrained.
-
-    Attributes:
-        steps: optimiser steps.
-        clips_per_step: synthetic clips per step; every frame of a clip is a training image.
-        num_frames: frames per clip.
-        size: ``(H, W)`` of the frames; the size the referring model will be trained at.
-        lr, weight_decay: AdamW settings.
-        grad_clip: maximal gradient norm.
-        background_weight: weight of background pixels in the loss (object pixels weigh 1): the
-            background is most of every frame but the easy part.
-        seed: seed of the clips and of the initial weights.
-    """
-
-    steps: int = 1500
-    clips_per_step: int = 6
-    num_frames: int = 6
-    size: tuple[int, int] = (96, 128)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    background_weight: float = 0.2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "clips_per_step", "num_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "background_weight"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        SceneConfig(num_frames=self.num_frames, size=tuple(self.size))  # validates the frame size
 
 
 def attribute_labels(clip: SyntheticClip) -> np.ndarray:

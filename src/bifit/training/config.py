@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import BifitConfig, get_preset, read_json_object
-from ..modeling.text_encoder import MINILM_PACKAGE
+from ..config import MINILM_PACKAGE, BifitConfig, get_preset, read_json_object
+from .criterion_config import CriterionConfig
 
 __all__ = [
+    "BackbonePretrainingConfig",
     "DATASETS",
     "TRAINING_PRESETS",
     "TrainingConfig",
@@ -92,6 +93,10 @@ class TrainingConfig:
             and missing modules stay random, as the official `--pretrained_weights`) or a bifit
             checkpoint directory.
         backbone_weights: a torchvision ResNet state dict (`.pth`) for the backbone.
+        criterion: the matching costs and loss coefficients (`CriterionConfig`; official defaults).
+            Set one with `--set criterion.<field>=<value>`, e.g. `criterion.dice_loss_coef=3`. The
+            number of classes comes from `model.num_classes` and the padding multiple from
+            `size_divisibility`.
     """
 
     model: BifitConfig = field(default_factory=lambda: get_preset("bifit_r50"))
@@ -128,6 +133,7 @@ class TrainingConfig:
     keep_last: int = 3
     init_checkpoint: str | None = None
     backbone_weights: str | None = None
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -171,6 +177,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["model"] = self.model.to_dict()
+        data["criterion"] = self.criterion.to_dict()
         data["lr_drop"] = list(self.lr_drop)
         data["synthetic_size"] = list(self.synthetic_size)
         return data
@@ -184,6 +191,8 @@ class TrainingConfig:
         data = dict(data)
         if "model" in data:
             data["model"] = BifitConfig.from_dict(data["model"])
+        if "criterion" in data:
+            data["criterion"] = CriterionConfig.from_dict(data["criterion"])
         for name in ("lr_drop", "synthetic_size"):
             if name in data:
                 data[name] = tuple(data[name])
@@ -195,6 +204,46 @@ class TrainingConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainingConfig":
         return cls.from_dict(read_json_object(path, "training config"))
+
+
+@dataclass(frozen=True)
+class BackbonePretrainingConfig:
+    """How the backbone is pretrained.
+
+    Attributes:
+        steps: optimiser steps.
+        clips_per_step: synthetic clips per step; every frame of a clip is a training image.
+        num_frames: frames per clip.
+        size: ``(H, W)`` of the frames; the size the referring model will be trained at.
+        lr, weight_decay: AdamW settings.
+        grad_clip: maximal gradient norm.
+        background_weight: weight of background pixels in the loss (object pixels weigh 1): the
+            background is most of every frame but the easy part.
+        seed: seed of the clips and of the initial weights.
+    """
+
+    steps: int = 1500
+    clips_per_step: int = 6
+    num_frames: int = 6
+    size: tuple[int, int] = (96, 128)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    background_weight: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "clips_per_step", "num_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "background_weight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        from ..data.synthetic import SceneConfig
+
+        SceneConfig(num_frames=self.num_frames, size=tuple(self.size))  # validates the frame size
 
 
 def _tiny_synthetic_model() -> BifitConfig:
@@ -294,13 +343,19 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(config: TrainingConfig, overrides: list[str] | tuple[str, ...]) -> TrainingConfig:
     """Apply `key=value` overrides to a training config.
 
-    A key names a `TrainingConfig` field or, with or without the prefix `model.`, a `BifitConfig`
-    field. Values are JSON (`3`, `1e-4`, `[4, 8]`, `true`, `null`) or a bare string.
+    A key names a `TrainingConfig` field, a `BifitConfig` field (with or without the prefix `model.`)
+    or, with the prefix `criterion.`, a `CriterionConfig` field. Values are JSON (`3`, `1e-4`,
+    `[4, 8]`, `true`, `null`) or a bare string.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type, or a resulting config that is invalid.
     """
     training_types = typing.get_type_hints(TrainingConfig)
     model_types = typing.get_type_hints(BifitConfig)
+    criterion_types = typing.get_type_hints(CriterionConfig)
     training_changes: dict[str, Any] = {}
     model_changes: dict[str, Any] = {}
+    criterion_changes: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -312,7 +367,15 @@ def apply_overrides(config: TrainingConfig, overrides: list[str] | tuple[str, ..
             if name not in model_types:
                 raise ValueError(f"unknown model field {name!r} in override {item!r}")
             model_changes[name] = _coerce(value, model_types[name], key)
-        elif key in training_types and key != "model":
+        elif key.startswith("criterion."):
+            name = key.removeprefix("criterion.")
+            if name not in criterion_types:
+                raise ValueError(
+                    f"unknown criterion field {name!r} in override {item!r} "
+                    f"(one of {', '.join(sorted(criterion_types))})"
+                )
+            criterion_changes[name] = _coerce(value, criterion_types[name], key)
+        elif key in training_types and key not in ("model", "criterion"):
             training_changes[key] = _coerce(value, training_types[key], key)
         elif key in model_types:
             model_changes[key] = _coerce(value, model_types[key], key)
@@ -321,4 +384,5 @@ def apply_overrides(config: TrainingConfig, overrides: list[str] | tuple[str, ..
                 f"unknown setting {key!r} in override {item!r} (not a TrainingConfig or BifitConfig field)"
             )
     model = config.model.replace(**model_changes) if model_changes else config.model
-    return config.replace(model=model, **training_changes)
+    criterion = config.criterion.replace(**criterion_changes) if criterion_changes else config.criterion
+    return config.replace(model=model, criterion=criterion, **training_changes)

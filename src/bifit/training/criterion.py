@@ -7,8 +7,6 @@ the batch, averaged over distributed ranks and clamped to at least 1.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,73 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bifit.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from bifit.training.criterion_config import LOSS_NAMES, CriterionConfig
 from bifit.training.losses import dice_loss, sigmoid_focal_loss
 from bifit.training.matcher import VideoHungarianMatcher, VideoTargets, check_layer_outputs, collate_targets
 
 __all__ = ["CriterionConfig", "VideoSetCriterion", "build_criterion", "num_valid_frames"]
-
-LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
-
-
-@dataclass(frozen=True)
-class CriterionConfig:
-    """Coefficients of the matching costs and losses; defaults are the released configuration.
-
-    `focal_alpha` weighs the classification loss (official `--focal_alpha`); the mask focal loss
-    and the matcher's focal costs use their own alphas, fixed at 0.25 in the official code.
-    """
-
-    num_classes: int = 1
-    cost_class: float = 2.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    cost_mask: float = 2.0
-    cost_dice: float = 5.0
-    cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
-    mask_loss_coef: float = 2.0
-    dice_loss_coef: float = 5.0
-    focal_alpha: float = 0.25
-    mask_focal_alpha: float = 0.25
-    matcher_focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    mask_out_stride: int = 4
-    size_divisibility: int = 32
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.num_classes < 1:
-            problems.append(f"num_classes must be positive, got {self.num_classes}")
-        if self.mask_out_stride < 1 or self.size_divisibility < 1:
-            problems.append("mask_out_stride and size_divisibility must be positive")
-        elif self.size_divisibility % self.mask_out_stride:
-            problems.append(
-                f"size_divisibility ({self.size_divisibility}) must be a multiple of mask_out_stride "
-                f"({self.mask_out_stride}) so that the padded targets fall on the mask grid"
-            )
-        if problems:
-            raise ValueError("invalid CriterionConfig: " + "; ".join(problems))
-
-    def replace(self, **changes: Any) -> "CriterionConfig":
-        """A copy with some fields changed (unknown names raise `TypeError`)."""
-        return dataclasses.replace(self, **changes)
-
-    def weight_dict(self, num_aux_layers: int = 0) -> dict[str, float]:
-        """Weight of every loss term: the five final ones, then `_0` … `_{n-1}` for the aux layers."""
-        coefficients = (
-            self.cls_loss_coef,
-            self.bbox_loss_coef,
-            self.giou_loss_coef,
-            self.mask_loss_coef,
-            self.dice_loss_coef,
-        )
-        base = dict(zip(LOSS_NAMES, coefficients))
-        weights = dict(base)
-        for layer in range(num_aux_layers):
-            weights.update({f"{name}_{layer}": value for name, value in base.items()})
-        return weights
-
 
 def num_valid_frames(valid: Tensor) -> float:
     """The loss normaliser N: valid frames in the batch, averaged over ranks, at least 1.
@@ -114,20 +50,34 @@ class VideoSetCriterion:
     `loss` to their weighted sum.
     """
 
-    def __init__(self, config: CriterionConfig | None = None) -> None:
+    def __init__(self, config: CriterionConfig | None = None, num_classes: int = 1, size_divisibility: int = 32) -> None:
+        """Args:
+            config: the coefficients (default: the released ones).
+            num_classes: classes of the model's class head (its `BifitConfig.num_classes`).
+            size_divisibility: the multiple the training batches are padded to.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.config = config if config is not None else CriterionConfig()
         c = self.config
+        if size_divisibility < 1 or size_divisibility % c.mask_out_stride:
+            raise ValueError(
+                f"size_divisibility ({size_divisibility}) must be a positive multiple of mask_out_stride "
+                f"({c.mask_out_stride}) so that the padded targets fall on the mask grid"
+            )
+        self.num_classes = num_classes
+        self.size_divisibility = size_divisibility
         self.matcher = VideoHungarianMatcher(
             c.cost_class,
             c.cost_bbox,
             c.cost_giou,
             c.cost_mask,
             c.cost_dice,
-            num_classes=c.num_classes,
+            num_classes=num_classes,
             focal_alpha=c.matcher_focal_alpha,
             focal_gamma=c.focal_gamma,
             mask_out_stride=c.mask_out_stride,
-            size_divisibility=c.size_divisibility,
+            size_divisibility=size_divisibility,
         )
 
     def prepare_targets(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]) -> VideoTargets:
@@ -138,7 +88,7 @@ class VideoSetCriterion:
             masks.shape[1],
             tuple(masks.shape[-2:]),
             stride=self.config.mask_out_stride,
-            size_divisibility=self.config.size_divisibility,
+            size_divisibility=self.size_divisibility,
             dtype=masks.dtype,
             device=masks.device,
         )
@@ -155,7 +105,7 @@ class VideoSetCriterion:
 
         # Positive class only at the matched query of frames where the object is visible; the
         # official no-object label (== num_classes) has no column, so it stays all-negative.
-        if self.config.num_classes == 1:
+        if self.num_classes == 1:
             class_index = torch.zeros_like(targets.labels)
             positive = targets.valid
         else:
@@ -188,7 +138,7 @@ class VideoSetCriterion:
         layers = [*aux_outputs, outputs]
         names = [f"aux_outputs[{i}]" for i in range(len(aux_outputs))] + ["outputs"]
         for layer, name in zip(layers, names):
-            check_layer_outputs(layer, self.config.num_classes, len(targets), name)
+            check_layer_outputs(layer, self.num_classes, len(targets), name)
             if layer["pred_masks"].shape != outputs["pred_masks"].shape:
                 raise ValueError(
                     f"{name}: pred_masks {tuple(layer['pred_masks'].shape)} differ from the final layer's "
@@ -210,6 +160,9 @@ class VideoSetCriterion:
         return losses
 
 
-def build_criterion(config: CriterionConfig | None = None) -> VideoSetCriterion:
-    """The BIFIT criterion; without `config`, the released configuration (binary, official weights)."""
-    return VideoSetCriterion(config)
+def build_criterion(
+    config: CriterionConfig | None = None, num_classes: int = 1, size_divisibility: int = 32
+) -> VideoSetCriterion:
+    """The BIFIT criterion; by default the released configuration (binary, official weights, padding
+    to a multiple of 32). See :class:`VideoSetCriterion` for the arguments."""
+    return VideoSetCriterion(config, num_classes, size_divisibility)

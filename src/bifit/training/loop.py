@@ -380,7 +380,9 @@ def _train(
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
 
-    criterion = build_criterion()
+    criterion = build_criterion(
+        config.criterion, num_classes=config.model.num_classes, size_divisibility=config.size_divisibility
+    )
     ddp_model: nn.Module = model
     if dist_info.distributed:
         ddp_model = DistributedDataParallel(
