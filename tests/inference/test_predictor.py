@@ -15,7 +15,8 @@ from PIL import Image
 import bifit
 from bifit.data.frame_sizes import FrameSizeError
 from bifit.data.video import read_frames
-from bifit.inference.predictor import Segmenter, check_expressions, default_checkpoint
+from bifit.assets import default_checkpoint
+from bifit.inference.predictor import Segmenter, check_expressions
 from bifit.inference.visualize import write_mp4
 from bifit.modeling.text_encoder import ExpressionError
 
@@ -77,7 +78,7 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
     expressions = ["the red circle", "a dog running on the grass to the left", "the big blue square at the top"]
     seg = Segmenter(model, short_side=SHORT)
     calls = {"encode": 0, "decode": []}
-    encode, decode = model.encode_video, model.decode
+    encode, decode = model.encode_video, model.predict_from_features
 
     def counting_encode(*args, **kwargs):
         calls["encode"] += 1
@@ -88,7 +89,7 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
         return decode(visual, captions)
 
     monkeypatch.setattr(model, "encode_video", counting_encode)
-    monkeypatch.setattr(model, "decode", counting_decode)
+    monkeypatch.setattr(model, "predict_from_features", counting_decode)
     together = seg.segment(video, expressions)
     assert calls == {"encode": 1, "decode": [expressions]}
     monkeypatch.undo()

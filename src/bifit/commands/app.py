@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, str]:
     """(Segmenter, description of the model) for the parsed arguments."""
-    from ..inference.predictor import Segmenter, checkpoint_short_side, default_checkpoint
+    from ..assets import checkpoint_short_side, default_checkpoint
+    from ..inference.predictor import Segmenter
 
     bundled = args.checkpoint is None
     checkpoint = default_checkpoint() if bundled else args.checkpoint

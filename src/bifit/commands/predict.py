@@ -142,7 +142,7 @@ def _check_positive(value: int | None, flag: str) -> None:
 
 def run_ytvos(args: argparse.Namespace) -> int:
     from ..data.ytvos import ytvos_heldout_videos, ytvos_valid_videos
-    from ..inference.benchmarks import distributed_shard
+    from ..inference.protocols import distributed_shard
     from ..inference.ytvos_predict import (
         evaluate_ytvos_results,
         format_ytvos_results,
@@ -186,7 +186,7 @@ def run_ytvos(args: argparse.Namespace) -> int:
 
 def run_davis(args: argparse.Namespace) -> int:
     from ..data.davis import davis_eval_videos
-    from ..inference.benchmarks import distributed_shard
+    from ..inference.protocols import distributed_shard
     from ..inference.davis_predict import (
         evaluate_davis_annotators,
         format_davis_summary,
@@ -231,7 +231,7 @@ def run_a2d(args: argparse.Namespace) -> int:
         official_batches,
         predict_batches,
     )
-    from ..inference.benchmarks import distributed_shard
+    from ..inference.protocols import distributed_shard
 
     _check_positive(args.num_frames, "--num-frames")
     _check_positive(args.max_size, "--max-size")

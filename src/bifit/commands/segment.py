@@ -211,13 +211,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..inference.benchmarks import save_mask_png
-    from ..inference.predictor import Segmenter, check_expressions, checkpoint_short_side, default_checkpoint
+    from ..assets import checkpoint_short_side, default_checkpoint
+    from ..inference.core import check_clip_length
+    from ..inference.predictor import Segmenter, check_expressions
+    from ..inference.protocols import save_mask_png
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
     expressions = check_expressions(args.text)
-    if args.clip_length is not None and args.clip_length < 1:
-        raise ValueError(f"--clip-length must be a positive number of frames, got {args.clip_length}")
+    check_clip_length(args.clip_length, "--clip-length")
     if args.frame_stride < 1:
         raise ValueError(f"--frame-stride must be >= 1, got {args.frame_stride}")
     if args.max_long_side < 1:
