@@ -64,7 +64,7 @@ def test_preprocess_frames_resizes_the_shorter_side_with_pil_bilinear_then_norma
 
 def test_check_clip_length_names_the_value_it_refuses():
     assert check_clip_length(None) is None and check_clip_length(3) == 3
-    with pytest.raises(ValueError, match="--clip-length must be a positive number of frames, got 0"):
+    with pytest.raises(ValueError, match=r"--clip-length must be >= 1 \(a number of frames\), got 0"):
         check_clip_length(0, "--clip-length")
 
 

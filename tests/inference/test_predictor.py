@@ -101,6 +101,28 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
         np.testing.assert_allclose(shared.boxes, alone.boxes, atol=1e-4)
 
 
+def test_expressions_per_pass_bounds_the_batch_and_keeps_the_results(model, video, monkeypatch):
+    expressions = ["the red circle", "a dog", "the big blue square at the top"]
+    together = Segmenter(model, short_side=SHORT).segment(video, expressions)
+    batches = []
+    decode = model.predict_from_features
+
+    def counting_decode(visual, captions):
+        batches.append(len(captions))
+        return decode(visual, captions)
+
+    monkeypatch.setattr(model, "predict_from_features", counting_decode)
+    chunked = Segmenter(model, short_side=SHORT, expressions_per_pass=2).segment(video, expressions)
+    monkeypatch.undo()
+    assert batches == [2, 1]
+    for a, b in zip(together, chunked):
+        assert a.query == b.query
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        np.testing.assert_array_equal(a.masks, b.masks)
+    with pytest.raises(ValueError, match="expressions_per_pass must be >= 1"):
+        Segmenter(model, expressions_per_pass=0)
+
+
 def _per_clip_outputs(model, seg, video, expression, clip_length):
     outs = []
     for start in range(0, len(video), clip_length):

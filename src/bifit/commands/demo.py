@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..outputs import make_dirs, write_text, writing
+from .arguments import add_command, add_model_arguments
 
 if TYPE_CHECKING:
     from ..data.synthetic import SyntheticClip
@@ -35,13 +36,7 @@ OVERLAY_FPS = 6.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="segment synthetic clips with the bundled model and score it against their ground truth",
-        description="Generate synthetic referring clips (moving coloured shapes), segment one expression per "
-        "object with the bundled demo model, print J, F and J&F per expression, and write "
-        "clip<N>.mp4 / clip<N>.gif overlays and results.json into --output.",
-    )
+    parser = add_command(subparsers, "demo", run)
     parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT,
                         help=f"output directory (default: ./{DEFAULT_OUTPUT})")
     parser.add_argument("--overwrite", action="store_true",
@@ -50,10 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES,
                         help=f"frames per clip (default {DEMO_FRAMES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips and expressions (default 0)")
-    parser.add_argument("--checkpoint", "-c", type=Path, default=None,
-                        help="a demo bundle or a `bifit train` final/ directory (default: the bundled model)")
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
-    parser.set_defaults(func=run)
+    add_model_arguments(parser, "a demo bundle or a `bifit train` final/ directory (default: the bundled model)",
+                        text_encoder=False)
 
 
 @dataclass
@@ -138,6 +131,12 @@ def _check_output(output: Path, overwrite: bool, clips: int) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """segment synthetic clips with the bundled model and score it against their ground truth
+
+    Generate synthetic referring clips (moving coloured shapes), segment one expression per object with the
+    bundled demo model, print J, F and J&F per expression, and write clip<N>.mp4 / clip<N>.gif overlays and
+    results.json into --output.
+    """
     import torch
     from transformers.utils import logging as hf_logging
 

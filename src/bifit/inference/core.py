@@ -76,7 +76,7 @@ def check_clip_length(clip_length: int | None, name: str = "clip_length") -> int
         ValueError: naming `name` (the argument or command-line flag the value came from).
     """
     if clip_length is not None and clip_length < 1:
-        raise ValueError(f"{name} must be a positive number of frames, got {clip_length}")
+        raise ValueError(f"{name} must be >= 1 (a number of frames), got {clip_length}")
     return clip_length
 
 

@@ -193,13 +193,11 @@ class Segmenter:
             _check_checkpoint_kind(path)
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
         self.model = model.eval()
-        self.clip_length = clip_length
-        self.frame_stride = frame_stride
-        self.short_side = short_side
-        self.max_long_side = max_long_side
-        self.threshold = threshold
-        self.query_selection = query_selection
-        self.expressions_per_pass = expressions_per_pass
+        # What is read and how it is resized:
+        self.frame_stride, self.short_side, self.max_long_side = frame_stride, short_side, max_long_side
+        # How the model runs over it, and how its outputs become results:
+        self.clip_length, self.expressions_per_pass = clip_length, expressions_per_pass
+        self.query_selection, self.threshold = query_selection, threshold
 
     @property
     def device(self) -> torch.device:
