@@ -11,6 +11,7 @@ from bifit.inference.core import (
     QueryVote,
     boxes_to_pixels,
     check_clip_length,
+    check_expressions_per_pass,
     masks_from_logits,
     normalize_frames,
     preprocess_frames,
@@ -66,6 +67,12 @@ def test_check_clip_length_names_the_value_it_refuses():
     assert check_clip_length(None) is None and check_clip_length(3) == 3
     with pytest.raises(ValueError, match=r"--clip-length must be >= 1 \(a number of frames\), got 0"):
         check_clip_length(0, "--clip-length")
+
+
+def test_check_expressions_per_pass_names_the_value_it_refuses():
+    assert check_expressions_per_pass(None) is None and check_expressions_per_pass(1) == 1
+    with pytest.raises(ValueError, match="--expressions-per-pass must be >= 1, got 0"):
+        check_expressions_per_pass(0, "--expressions-per-pass")
 
 
 def test_the_video_rule_over_one_clip_is_the_clip_rule():

@@ -51,6 +51,7 @@ __all__ = [
     "QueryVote",
     "boxes_to_pixels",
     "check_clip_length",
+    "check_expressions_per_pass",
     "load_frames",
     "masks_from_logits",
     "normalize_frames",
@@ -78,6 +79,17 @@ def check_clip_length(clip_length: int | None, name: str = "clip_length") -> int
     if clip_length is not None and clip_length < 1:
         raise ValueError(f"{name} must be >= 1 (a number of frames), got {clip_length}")
     return clip_length
+
+
+def check_expressions_per_pass(expressions_per_pass: int | None, name: str = "expressions_per_pass") -> int | None:
+    """`expressions_per_pass` if it is None (all expressions at once) or at least 1.
+
+    Raises:
+        ValueError: naming `name` (the argument or command-line flag the value came from).
+    """
+    if expressions_per_pass is not None and expressions_per_pass < 1:
+        raise ValueError(f"{name} must be >= 1, got {expressions_per_pass}")
+    return expressions_per_pass
 
 
 # ---------------------------------------------------------------------------------------- preprocessing
@@ -216,9 +228,7 @@ def segment_clip(
     """
     if not expressions:
         raise ValueError("at least one expression is needed")
-    if expressions_per_pass is not None and expressions_per_pass < 1:
-        raise ValueError(f"expressions_per_pass must be >= 1, got {expressions_per_pass}")
-    step = expressions_per_pass or len(expressions)
+    step = check_expressions_per_pass(expressions_per_pass) or len(expressions)
     visual = model.encode_video([video.to(model.device)])
     logits, boxes, masks, all_masks = [], [], [], []
     for start in range(0, len(expressions), step):

@@ -47,7 +47,8 @@ from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model
 from ..modeling.text_encoder import ExpressionError, check_utf8
-from .core import QuerySelection, QueryVote, check_clip_length, preprocess_frames, segment_clip, select_queries
+from .core import QuerySelection, QueryVote, check_clip_length, check_expressions_per_pass, preprocess_frames
+from .core import segment_clip, select_queries
 from .results import LogitStore, SegmentationResult, VideoSegmentation
 
 if TYPE_CHECKING:
@@ -172,8 +173,7 @@ class Segmenter:
         expressions_per_pass: int | None = None,
     ) -> None:
         check_clip_length(clip_length)
-        if expressions_per_pass is not None and expressions_per_pass < 1:
-            raise ValueError(f"expressions_per_pass must be >= 1, got {expressions_per_pass}")
+        check_expressions_per_pass(expressions_per_pass)
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         if short_side is not None and short_side < 1:
