@@ -10,8 +10,7 @@ from bifit.inference.core import (
     IMAGENET_STD,
     QueryVote,
     boxes_to_pixels,
-    check_clip_length,
-    check_expressions_per_pass,
+    check_count,
     masks_from_logits,
     normalize_frames,
     preprocess_frames,
@@ -63,16 +62,12 @@ def test_preprocess_frames_resizes_the_shorter_side_with_pil_bilinear_then_norma
     assert torch.equal(preprocess_frames(frames, short_side=None), normalize_frames(frames))
 
 
-def test_check_clip_length_names_the_value_it_refuses():
-    assert check_clip_length(None) is None and check_clip_length(3) == 3
-    with pytest.raises(ValueError, match=r"--clip-length must be >= 1 \(a number of frames\), got 0"):
-        check_clip_length(0, "--clip-length")
-
-
-def test_check_expressions_per_pass_names_the_value_it_refuses():
-    assert check_expressions_per_pass(None) is None and check_expressions_per_pass(1) == 1
-    with pytest.raises(ValueError, match="--expressions-per-pass must be >= 1, got 0"):
-        check_expressions_per_pass(0, "--expressions-per-pass")
+def test_check_count_takes_none_or_a_positive_count_and_names_what_it_refuses():
+    assert check_count(None, "clip_length") is None and check_count(3, "clip_length") == 3
+    with pytest.raises(ValueError, match="--clip-length must be >= 1, got 0"):
+        check_count(0, "--clip-length")
+    with pytest.raises(ValueError, match="expressions_per_pass must be >= 1, got -1"):
+        check_count(-1, "expressions_per_pass")
 
 
 def test_the_video_rule_over_one_clip_is_the_clip_rule():

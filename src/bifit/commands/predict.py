@@ -127,10 +127,10 @@ def _check_positive(value: int | None, flag: str) -> None:
 
 
 def _check_clip_options(args: argparse.Namespace) -> None:
-    from ..inference.core import check_clip_length, check_expressions_per_pass
+    from ..inference.core import check_count
 
-    check_clip_length(args.clip_length, "--clip-length")
-    check_expressions_per_pass(args.expressions_per_pass, "--expressions-per-pass")
+    check_count(args.clip_length, "--clip-length")
+    check_count(args.expressions_per_pass, "--expressions-per-pass")
     _check_positive(args.max_long_side, "--max-long-side")
 
 

@@ -205,13 +205,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..assets import checkpoint_short_side, default_checkpoint
-    from ..inference.core import check_clip_length
+    from ..inference.core import check_count
     from ..inference.predictor import Segmenter, check_expressions
     from ..inference.protocols import save_mask_png
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
     expressions = check_expressions(args.text)
-    check_clip_length(args.clip_length, "--clip-length")
+    check_count(args.clip_length, "--clip-length")
     if args.frame_stride < 1:
         raise ValueError(f"--frame-stride must be >= 1, got {args.frame_stride}")
     if args.max_long_side < 1:

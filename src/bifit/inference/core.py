@@ -50,8 +50,7 @@ __all__ = [
     "QuerySelection",
     "QueryVote",
     "boxes_to_pixels",
-    "check_clip_length",
-    "check_expressions_per_pass",
+    "check_count",
     "load_frames",
     "masks_from_logits",
     "normalize_frames",
@@ -70,26 +69,16 @@ QuerySelection = Literal["video", "clip"]
 
 
 # ---------------------------------------------------------------------------------------- checks
-def check_clip_length(clip_length: int | None, name: str = "clip_length") -> int | None:
-    """`clip_length` if it is None (the whole video as one clip) or a positive number of frames.
+def check_count(value: int | None, name: str) -> int | None:
+    """`value` if it is None (no cut: the whole video as one clip, all expressions in one pass) or at
+    least 1; the one check of `clip_length` and `expressions_per_pass`, wherever they come from.
 
     Raises:
         ValueError: naming `name` (the argument or command-line flag the value came from).
     """
-    if clip_length is not None and clip_length < 1:
-        raise ValueError(f"{name} must be >= 1 (a number of frames), got {clip_length}")
-    return clip_length
-
-
-def check_expressions_per_pass(expressions_per_pass: int | None, name: str = "expressions_per_pass") -> int | None:
-    """`expressions_per_pass` if it is None (all expressions at once) or at least 1.
-
-    Raises:
-        ValueError: naming `name` (the argument or command-line flag the value came from).
-    """
-    if expressions_per_pass is not None and expressions_per_pass < 1:
-        raise ValueError(f"{name} must be >= 1, got {expressions_per_pass}")
-    return expressions_per_pass
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------- preprocessing
@@ -228,7 +217,7 @@ def segment_clip(
     """
     if not expressions:
         raise ValueError("at least one expression is needed")
-    step = check_expressions_per_pass(expressions_per_pass) or len(expressions)
+    step = check_count(expressions_per_pass, "expressions_per_pass") or len(expressions)
     visual = model.encode_video([video.to(model.device)])
     logits, boxes, masks, all_masks = [], [], [], []
     for start in range(0, len(expressions), step):

@@ -47,8 +47,7 @@ from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model
 from ..modeling.text_encoder import ExpressionError, check_utf8
-from .core import QuerySelection, QueryVote, check_clip_length, check_expressions_per_pass, preprocess_frames
-from .core import segment_clip, select_queries
+from .core import QuerySelection, QueryVote, check_count, preprocess_frames, segment_clip, select_queries
 from .results import LogitStore, SegmentationResult, VideoSegmentation
 
 if TYPE_CHECKING:
@@ -172,8 +171,8 @@ class Segmenter:
         max_long_side: int | None = MAX_LONG_SIDE,
         expressions_per_pass: int | None = None,
     ) -> None:
-        check_clip_length(clip_length)
-        check_expressions_per_pass(expressions_per_pass)
+        check_count(clip_length, "clip_length")
+        check_count(expressions_per_pass, "expressions_per_pass")
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         if short_side is not None and short_side < 1:

@@ -29,7 +29,7 @@ from bifit.inference.core import (
     EVAL_SHORT_SIZE,
     MAX_LONG_SIDE,
     ClipPrediction,
-    check_clip_length,
+    check_count,
     load_frames,
     segment_clip,
 )
@@ -118,7 +118,7 @@ def clip_ranges(num_frames: int, clip_length: int | None) -> list[range]:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
     if clip_length is None:
         return [range(num_frames)]
-    check_clip_length(clip_length)
+    check_count(clip_length, "clip_length")
     return [range(s, min(s + clip_length, num_frames)) for s in range(0, num_frames, clip_length)]
 
 
