@@ -1,4 +1,4 @@
-"""Benchmark of frame reading: `bifit.data.video.read_frame_folder` and `bifit.inference.benchmarks.load_frames`
+"""Benchmark of frame reading: `bifit.data.video.read_frame_folder` and `bifit.inference.core.load_frames`
 (the readers of `bifit segment` and of the benchmark predictions) on a folder of synthetic frames.
 
 Writes --frames JPEG (or PNG) frames of --height x --width pixels into a temporary folder, then times
@@ -34,7 +34,7 @@ def main() -> None:
 
     import bifit
     from bifit.data.video import read_frame_folder
-    from bifit.inference.benchmarks import load_frames
+    from bifit.inference.core import load_frames
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:

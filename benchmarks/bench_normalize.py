@@ -1,4 +1,4 @@
-"""Benchmark of `bifit.data.normalize_frames` (uint8 frames -> ImageNet-normalised float32).
+"""Benchmark of `bifit.inference.core.normalize_frames` (uint8 frames -> ImageNet-normalised float32).
 
 Times the normalisation of T random frames of H x W (median of --repeats runs, one torch thread
 unless --threads) and prints one JSON object. To compare two commits, run it alternately with each
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from bifit.data import normalize_frames
+from bifit.inference.core import normalize_frames
 
 
 def main() -> None:

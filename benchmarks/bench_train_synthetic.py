@@ -3,8 +3,8 @@
 The run is cut into segments of `--eval-every` optimiser steps; after each one the trained model
 (`<workdir>/final`) is evaluated on `--eval-clips` held-out synthetic clips (a data seed the
 training never sees). Each segment resumes the previous one from its checkpoint, so the curve
-comes from one ordinary training run. J and F are `bifit.evaluation.region_similarity` and
-`contour_accuracy`, averaged over the frames of a clip, then over clips; J&F is their mean.
+comes from one ordinary training run. J and F are `bifit.evaluation.mean_j_and_f` (DAVIS
+region similarity and contour accuracy averaged over the frames of a clip), then averaged over clips; J&F is their mean.
 Inference follows the official one: the query with the highest mean score over frames, its mask
 logits upsampled bilinearly from stride 4, thresholded at 0.5. Each evaluation also reports `landed`
 (share of expressions whose mask overlaps the referred object most) and `hedged` (share whose mask
@@ -35,17 +35,19 @@ import torch.nn.functional as F
 from bifit import load_pretrained
 from bifit.data.collate import collate_fn
 from bifit.data.synthetic import SyntheticRVOS
-from bifit.data.targets import build_target, normalize_frames
-from bifit.evaluation import contour_accuracy, region_similarity
+from bifit.data.targets import build_target
+from bifit.inference.core import masks_from_logits, normalize_frames, select_queries
+from bifit.evaluation import mean_j_and_f
 from bifit.training import apply_overrides, get_training_preset, train
 
 HELDOUT_SEED = 1_000_003
 
 
 def upsample_masks(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Mask logits [T, h, w] at stride 4 -> bool [T, height, width], as the official inference."""
-    up = F.interpolate(logits[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0, :height, :width]
-    return (up.sigmoid() > 0.5).numpy()
+    """Mask logits [T, h, w] at stride 4 -> bool [T, height, width]: upsampled x4 to the padded canvas and
+    cropped, as the official A2D inference."""
+    h4, w4 = logits.shape[-2:]
+    return masks_from_logits(logits, (4 * h4, 4 * w4))[:, :height, :width].numpy()
 
 
 def grounding(pred: np.ndarray, objects: list[np.ndarray], referred: int) -> tuple[bool, bool]:
@@ -80,8 +82,9 @@ def stride4_ceiling(num_clips: int, num_frames: int, size: tuple[int, int]) -> d
         gt = clip.objects[referred].masks  # bool [T, H, W]
         share = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], 4, ceil_mode=True)[:, 0]
         pred = upsample_masks(torch.logit(share.clamp(1e-4, 1 - 1e-4)), *gt.shape[-2:])
-        j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
-        f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
+        j, f = mean_j_and_f(gt, pred)
+        j_scores.append(j)
+        f_scores.append(f)
     return {"J": float(np.mean(j_scores)), "F": float(np.mean(f_scores))}
 
 
@@ -99,13 +102,13 @@ def evaluate_jf(model_dir: Path, num_clips: int, num_frames: int, size: tuple[in
         items = [(normalize_frames(c.frames), build_target(c.objects[r].masks, text)) for c, r, text in samples]
         videos, captions, _ = collate_fn(items)
         out = model(videos, captions)
-        scores = out["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [B, Q]
-        best = scores.argmax(dim=1)
+        best = select_queries(out["pred_logits"])  # [B]: one expression per clip
         for b, (clip, referred, text) in enumerate(samples):
             gt = clip.objects[referred].masks  # bool [T, H, W]
             pred = upsample_masks(out["pred_masks"][b, :, best[b]], *gt.shape[-2:])
-            j_scores.append(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
-            f_scores.append(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
+            j, f = mean_j_and_f(gt, pred)
+            j_scores.append(j)
+            f_scores.append(f)
             outcome = grounding(pred, [o.masks for o in clip.objects], referred)
             landed.append(outcome[0])
             hedged.append(outcome[1])

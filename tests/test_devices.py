@@ -3,6 +3,7 @@ line from the CLI), and `--device auto` through `bifit segment`, `train` and the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,40 @@ def test_loaders_and_segmenter_take_the_same_names(checkpoint, no_cuda):
         bifit.Segmenter(checkpoint, device="tpu:7")
     with pytest.raises(ValueError, match="unknown device 'tpu:7'"):
         bifit.load_model(checkpoint, device="tpu:7")
+
+
+def test_segment_with_the_bundled_model_runs_with_device_auto(tmp_path, no_cuda):
+    from bifit.assets import default_checkpoint, example_expressions, example_video
+
+    out = tmp_path / "out"
+    code = main(["segment", str(example_video()), "-t", example_expressions()[0], "-o", str(out),
+                 "--device", "auto", "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] == str(default_checkpoint())
+    assert summary["num_frames"] > 0 and len(summary["expressions"][0]["frames"]) == summary["num_frames"]
+
+
+@pytest.mark.parametrize("spec", ["auto", "cpu", " CPU "])
+def test_demo_takes_the_device_names_of_the_resolver(spec, tmp_path, capsys, no_cuda):
+    code = main(["demo", "--clips", "1", "--frames", "2", "--output", str(tmp_path / "out"), "--device", spec])
+    assert code == 0, capsys.readouterr().err
+    assert "on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, error", [("auto", None), ("cpu", None), ("cuda:1", "requested but this machine has"),
+                                         ("mps", "device 'mps' requested"), ("cuda:x", "unknown device 'cuda:x'")])
+def test_app_resolves_its_device_with_the_one_resolver(spec, error, no_cuda, monkeypatch):
+    import argparse
+
+    from bifit.commands.app import build_segmenter
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    args = argparse.Namespace(checkpoint=None, text_encoder=None, device=spec, short_side=None, clip_length=None,
+                              max_long_side=4096)
+    if error is None:
+        segmenter, _ = build_segmenter(args)
+        assert segmenter.device == torch.device("cpu")
+    else:
+        with pytest.raises(ValueError, match=error):
+            build_segmenter(args)

@@ -15,7 +15,7 @@ from PIL import Image
 
 import bifit
 from bifit.cli import build_parser
-from bifit.inference.benchmarks import save_mask_png
+from bifit.inference.protocols import save_mask_png
 from bifit.inference.predictor import Segmenter
 from bifit.inference.visualize import GifWriter, Mp4Writer
 from bifit.outputs import OutputError, write_text

@@ -30,10 +30,10 @@ _EXPORTS = {
     "save_pretrained": ".modeling.checkpoint",
     "ExpressionError": ".modeling.text_encoder",
     "TextEncoder": ".modeling.text_encoder",
-    "ExpressionResult": ".inference.predictor",
-    "SegmentationResult": ".inference.predictor",
+    "ExpressionResult": ".inference.results",
+    "SegmentationResult": ".inference.results",
     "Segmenter": ".inference.predictor",
-    "default_checkpoint": ".inference.predictor",
+    "default_checkpoint": ".assets",
     "OutputError": ".outputs",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -42,7 +42,9 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 if TYPE_CHECKING:
     from .config import BifitConfig, get_preset, preset_names
     from .devices import resolve_device
-    from .inference.predictor import ExpressionResult, SegmentationResult, Segmenter, default_checkpoint
+    from .assets import default_checkpoint
+    from .inference.predictor import Segmenter
+    from .inference.results import ExpressionResult, SegmentationResult
     from .modeling.bifit import BifitModel
     from .modeling.build import build_model
     from .modeling.checkpoint import CheckpointError, load_model, load_official_checkpoint, load_pretrained, save_pretrained

@@ -23,7 +23,7 @@ from bifit.data.a2d import (
     read_a2d_masks,
     save_a2d_samples,
 )
-from bifit.data.targets import IMAGENET_MEAN, IMAGENET_STD
+from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD
 
 H, W, NUM_FRAMES = 48, 64, 12
 # video -> (subset, {annotated frame (1-based): {instance: (row, col) of an 8x10 box}})

@@ -4,15 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bifit.data.targets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    boxes_from_masks,
-    build_target,
-    check_boxes,
-    normalize_boxes,
-    normalize_frames,
-)
+from bifit.data.targets import boxes_from_masks, build_target, check_boxes, normalize_boxes
 
 
 def _masks(num_frames: int = 3, height: int = 10, width: int = 20) -> np.ndarray:
@@ -87,19 +79,6 @@ def test_normalize_boxes_to_cxcywh_by_width_and_height():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-7)
 
 
-def test_normalize_frames_is_imagenet_normalisation_channels_first():
-    frames = np.zeros((2, 3, 4, 3), dtype=np.uint8)
-    frames[1, 2, 3] = (255, 128, 0)
-    video = normalize_frames(frames)
-    assert video.shape == (2, 3, 3, 4) and video.dtype == torch.float32
-    expected = [(v / 255.0 - m) / s for v, m, s in zip((255, 128, 0), IMAGENET_MEAN, IMAGENET_STD)]
-    torch.testing.assert_close(video[1, :, 2, 3], torch.tensor(expected), rtol=0, atol=1e-5)
-    torch.testing.assert_close(
-        video[0, :, 0, 0], torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]), rtol=0, atol=1e-5
-    )
-    torch.testing.assert_close(normalize_frames(torch.from_numpy(frames)), video, rtol=0, atol=0)
-
-
 def test_build_target_has_the_official_fields():
     masks = _masks(num_frames=4, height=6, width=8)
     masks[0, 1:3, 2:5] = True
@@ -134,18 +113,3 @@ def test_bad_inputs_raise_clear_errors():
         normalize_boxes(torch.zeros(1, 4), (0, 5))
     with pytest.raises(ValueError, match=r"\[T, 4\]"):
         check_boxes(torch.zeros(3))
-    with pytest.raises(ValueError, match="uint8"):
-        normalize_frames(np.zeros((1, 4, 4, 3), dtype=np.float32))
-
-
-def test_normalize_frames_equals_torchvision_to_tensor_then_normalize_bit_for_bit():
-    """The official transforms (ToTensor, then Normalize) on every byte value of every channel."""
-    import torchvision.transforms.functional as TF
-    from PIL import Image
-
-    values = np.arange(256, dtype=np.uint8)
-    # Each channel runs through all 256 values, in a different order per channel.
-    image = np.stack([values, values[::-1], np.roll(values, 85)], axis=-1).reshape(16, 16, 3)
-    official = TF.normalize(TF.to_tensor(Image.fromarray(image)), list(IMAGENET_MEAN), list(IMAGENET_STD))
-    ours = normalize_frames(image[None])[0]
-    assert torch.equal(ours, official)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from media import png_header_only, write_video
 from bifit.data.video import VideoFrameCache, read_frame_folder, read_frames, read_image, read_video_file
-from bifit.inference.benchmarks import load_frames
+from bifit.inference.core import load_frames
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
 

@@ -81,3 +81,18 @@ def test_bad_inputs_raise() -> None:
         contour_accuracy(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="void"):
         contour_accuracy(np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((3, 4)))
+
+
+def test_mean_j_and_f_averages_the_frame_measures_over_a_clip() -> None:
+    from bifit.evaluation import contour_accuracy, mean_j_and_f, region_similarity
+
+    gt = np.zeros((3, 20, 20), dtype=bool)
+    gt[:, 5:15, 5:15] = True
+    pred = gt.copy()
+    pred[1] = False  # one frame missed entirely
+    pred[2, 5:15, 5:10] = False  # one frame half found
+    j, f = mean_j_and_f(gt, pred)
+    assert j == pytest.approx(np.mean([region_similarity(g, p) for g, p in zip(gt, pred)]))
+    assert f == pytest.approx(np.mean([contour_accuracy(g, p) for g, p in zip(gt, pred)]))
+    assert j == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert mean_j_and_f(gt, gt) == (1.0, 1.0)

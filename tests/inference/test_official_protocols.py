@@ -30,7 +30,8 @@ from bifit.commands import predict as predict_command
 from bifit.data.davis import NUM_ANNOTATIONS, davis_eval_videos
 from bifit.data.ytvos import ytvos_valid_videos
 from bifit.inference.a2d_predict import build_eval_dataset, official_batches
-from bifit.inference.benchmarks import clip_ranges, load_frames, segment_clip, upsample_logits
+from bifit.inference.core import load_frames, segment_clip, upsample_logits
+from bifit.inference.protocols import clip_ranges
 from seeded_weights import official_state_dict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

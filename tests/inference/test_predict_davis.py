@@ -24,7 +24,8 @@ import bifit
 from bifit.cli import main
 from bifit.data.davis import davis_eval_videos, prepare_davis
 from bifit.evaluation import evaluate_davis
-from bifit.inference.benchmarks import davis_palette, load_frames
+from bifit.inference.core import load_frames
+from bifit.inference.protocols import davis_palette
 from bifit.inference.davis_predict import combine_objects
 
 NUM_FRAMES = 5

@@ -28,7 +28,7 @@ from bifit.data.ytvos import (
     ytvos_heldout_videos,
     ytvos_valid_videos,
 )
-from bifit.inference.benchmarks import load_frames, segment_clip, select_queries
+from bifit.inference.core import load_frames, segment_clip, select_queries
 from bifit.inference.ytvos_predict import (
     evaluate_ytvos_results,
     predict_ytvos,

@@ -15,7 +15,8 @@ from PIL import Image
 import bifit
 from bifit.data.frame_sizes import FrameSizeError
 from bifit.data.video import read_frames
-from bifit.inference.predictor import Segmenter, check_expressions, default_checkpoint
+from bifit.assets import default_checkpoint
+from bifit.inference.predictor import Segmenter, check_expressions
 from bifit.inference.visualize import write_mp4
 from bifit.modeling.text_encoder import ExpressionError
 
@@ -77,7 +78,7 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
     expressions = ["the red circle", "a dog running on the grass to the left", "the big blue square at the top"]
     seg = Segmenter(model, short_side=SHORT)
     calls = {"encode": 0, "decode": []}
-    encode, decode = model.encode_video, model.decode
+    encode, decode = model.encode_video, model.predict_from_features
 
     def counting_encode(*args, **kwargs):
         calls["encode"] += 1
@@ -88,7 +89,7 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
         return decode(visual, captions)
 
     monkeypatch.setattr(model, "encode_video", counting_encode)
-    monkeypatch.setattr(model, "decode", counting_decode)
+    monkeypatch.setattr(model, "predict_from_features", counting_decode)
     together = seg.segment(video, expressions)
     assert calls == {"encode": 1, "decode": [expressions]}
     monkeypatch.undo()
@@ -98,6 +99,28 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
         np.testing.assert_array_equal(shared.masks, alone.masks)
         np.testing.assert_allclose(shared.scores, alone.scores, atol=1e-6)
         np.testing.assert_allclose(shared.boxes, alone.boxes, atol=1e-4)
+
+
+def test_expressions_per_pass_bounds_the_batch_and_keeps_the_results(model, video, monkeypatch):
+    expressions = ["the red circle", "a dog", "the big blue square at the top"]
+    together = Segmenter(model, short_side=SHORT).segment(video, expressions)
+    batches = []
+    decode = model.predict_from_features
+
+    def counting_decode(visual, captions):
+        batches.append(len(captions))
+        return decode(visual, captions)
+
+    monkeypatch.setattr(model, "predict_from_features", counting_decode)
+    chunked = Segmenter(model, short_side=SHORT, expressions_per_pass=2).segment(video, expressions)
+    monkeypatch.undo()
+    assert batches == [2, 1]
+    for a, b in zip(together, chunked):
+        assert a.query == b.query
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        np.testing.assert_array_equal(a.masks, b.masks)
+    with pytest.raises(ValueError, match="expressions_per_pass must be >= 1"):
+        Segmenter(model, expressions_per_pass=0)
 
 
 def _per_clip_outputs(model, seg, video, expression, clip_length):

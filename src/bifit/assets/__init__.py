@@ -13,7 +13,10 @@ The demo model (`demo_model/`) is the `tiny` BIFIT trained on the synthetic refe
   float16 would not fit.
 
 Its `config.json` also records under `demo` the synthetic frames the model was trained on
-(`frame_size`, `num_frames`), used by `bifit demo` and `bifit app`.
+(`frame_size`, `num_frames`), used by `bifit demo` and `bifit app`. The defaults that follow from the
+bundle live here too: the checkpoint used without `--checkpoint` (:func:`default_checkpoint`), the
+frame size a checkpoint expects (:func:`checkpoint_short_side`) and the model `bifit demo` runs
+(:func:`load_demo_model`, :func:`load_synthetic_run`).
 """
 
 from __future__ import annotations
@@ -28,16 +31,20 @@ from typing import Any
 import torch
 
 from ..modeling.bifit import BifitModel
+from ..data.frame_sizes import EVAL_SHORT_SIZE
 from ..modeling.checkpoint import CONFIG_NAME, CheckpointError, load_pretrained, read_pretrained_config, save_pretrained
 from ..modeling.text_encoder import TextEncoder
 
 __all__ = [
     "DemoInfo",
+    "checkpoint_short_side",
+    "default_checkpoint",
     "demo_info",
     "demo_model_dir",
     "example_expressions",
     "example_video",
     "load_demo_model",
+    "load_synthetic_run",
     "pack_demo_model",
     "write_example_video",
 ]
@@ -51,15 +58,34 @@ def _assets_dir() -> Path:
 
 
 def demo_model_dir() -> Path:
-    """Directory of the bundled demo model.
+    """Directory of the bundled demo model (`bifit/assets/demo_model`): the checkpoint of `bifit segment`,
+    `bifit app` and `bifit demo` when none is given.
 
     Raises:
         FileNotFoundError: the package was installed without it.
     """
     path = _assets_dir() / "demo_model"
     if not (path / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"the bundled demo model is not installed (expected {path / CONFIG_NAME})")
+        raise FileNotFoundError(
+            f"the bundled demo model is not installed (expected {path / CONFIG_NAME}); "
+            "pass --checkpoint with a bifit checkpoint directory or an official .pth file"
+        )
     return path
+
+
+#: The public name of :func:`demo_model_dir` (``bifit.default_checkpoint``).
+default_checkpoint = demo_model_dir
+
+
+def checkpoint_short_side(checkpoint: str | os.PathLike[str]) -> int:
+    """The shorter side frames should be resized to for `checkpoint`: the training frames' for a model
+    trained on synthetic clips (its config records them under `demo`), else the official 360."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        demo = read_pretrained_config(path).get("demo")
+        if isinstance(demo, dict) and "frame_size" in demo:
+            return int(min(demo["frame_size"]))
+    return EVAL_SHORT_SIZE
 
 
 def example_video() -> Path:
@@ -156,6 +182,31 @@ def load_demo_model(
         ValueError: the text encoder's package is not installed.
     """
     return load_pretrained(demo_model_dir() if directory is None else Path(directory), device)
+
+
+def load_synthetic_run(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[BifitModel, tuple[int, int]]:
+    """(model, (H, W) of its training frames) for the `final/` directory of a `bifit train` run on
+    synthetic clips (its parent holds the run's `train_config.json`).
+
+    Raises:
+        FileNotFoundError: no checkpoint there, or no `train_config.json` beside it.
+        ValueError: the run did not train on synthetic clips.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    run_config = checkpoint.parent / "train_config.json"
+    if not run_config.is_file():
+        raise FileNotFoundError(
+            f"{run_config} not found: --checkpoint must be a demo bundle or the final/ directory of a "
+            "`bifit train` run on synthetic data"
+        )
+    run = json.loads(run_config.read_text())
+    if run.get("data") != "synthetic":
+        raise ValueError(f"{checkpoint} was trained on {run.get('data')!r}, not on synthetic clips")
+    model = load_pretrained(checkpoint, device)
+    height, width = run["synthetic_size"]
+    return model, (int(height), int(width))
 
 
 def write_example_video(

@@ -3,47 +3,34 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..app import DEFAULT_MAX_UPLOAD_MB
-from ..data.frame_sizes import MAX_LONG_SIDE
+from .arguments import add_command, add_max_long_side, add_model_arguments
 
 if TYPE_CHECKING:
     from ..inference.predictor import Segmenter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "app",
-        help="serve the web demo: upload a video, type expressions, see the segmentation (needs bifit[app])",
-        description="Serve a Gradio page where one uploads a video or picks the bundled example, types referring "
-        "expressions (one per line) and sees the overlay video and per-expression results. "
-        "Needs the optional extra: pip install 'bifit[app]'.",
-    )
-    parser.add_argument("--checkpoint", "-c", type=Path, default=None,
-                        help="bifit checkpoint directory, demo bundle or official .pth (default: the bundled demo model)")
-    parser.add_argument("--text-encoder", default=None,
-                        help="for an official .pth: Hugging Face id or directory of its text encoder (default roberta-base)")
+    parser = add_command(subparsers, "app", run)
+    add_model_arguments(parser, "bifit checkpoint directory, demo bundle or official .pth (default: the bundled demo model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX (default: the demo model's training frames, "
                         "360 for other checkpoints as the official inference)")
-    parser.add_argument("--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
-                        help="refuse frames whose model input (after resizing) has a longer side above PX pixels "
-                        "(default 4096: normal aspect ratios stay far below it; raise it for panoramas)")
+    add_max_long_side(parser)
     parser.add_argument("--clip-length", type=int, default=None, metavar="N",
                         help="process videos in clips of N frames so memory stays flat (default: whole videos)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                         help=f"refuse uploads larger than MB megabytes (default {DEFAULT_MAX_UPLOAD_MB})")
-    parser.set_defaults(func=run)
 
 
 def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, str]:
     """(Segmenter, description of the model) for the parsed arguments."""
-    from ..inference.predictor import Segmenter, checkpoint_short_side, default_checkpoint
+    from ..assets import checkpoint_short_side, default_checkpoint
+    from ..inference.predictor import Segmenter
 
     bundled = args.checkpoint is None
     checkpoint = default_checkpoint() if bundled else args.checkpoint
@@ -63,6 +50,12 @@ def build_segmenter(args: argparse.Namespace) -> tuple[Segmenter, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """serve the web demo: upload a video, type expressions, see the segmentation (needs bifit[app])
+
+    Serve a Gradio page where one uploads a video or picks the bundled example, types referring expressions
+    (one per line) and sees the overlay video and per-expression results. Needs the optional extra:
+    pip install 'bifit[app]'.
+    """
     from ..cli import CommandError
 
     try:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .arguments import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an official BIFIT checkpoint (.pth) into a bifit checkpoint directory",
-        description="Read an official BIFIT checkpoint strictly (every tensor used, every shape checked) and "
-        "write DIR/{config.json, model.safetensors, text_encoder/}.",
-    )
+    parser = add_command(subparsers, "convert", run)
     parser.add_argument("checkpoint", type=Path, help="official .pth file ({'model': state_dict})")
     parser.add_argument("output", type=Path, help="directory to write")
     parser.add_argument(
@@ -20,10 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Hugging Face id or local directory of the text encoder's tokenizer and config (default: roberta-base)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a bifit checkpoint directory (nothing else is ever replaced)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """convert an official BIFIT checkpoint (.pth) into a bifit checkpoint directory
+
+    Read an official BIFIT checkpoint strictly (every tensor used, every shape checked) and write
+    DIR/{config.json, model.safetensors, text_encoder/}.
+    """
     from ..modeling.checkpoint import check_overwritable, load_official_checkpoint, save_pretrained
 
     if args.output.exists() or args.output.is_symlink():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .arguments import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,14 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare = actions.add_parser("prepare", help="convert a dataset into the layout bifit reads")
     datasets = prepare.add_subparsers(dest="dataset", metavar="DATASET", required=True)
 
-    davis = datasets.add_parser(
-        "davis", help="Ref-DAVIS17: DAVIS-2017 + Davis17_annot*.txt -> Ref-YouTube-VOS layout",
-        description="Write OUTPUT/{train,valid}/{JPEGImages,Annotations,meta.json} and "
-        "OUTPUT/meta_expressions/{train,valid}/meta_expressions.json as the official converter does, with "
-        "4 expressions per object (annotator 1 first-frame, annotator 1 full-video, annotator 2 first-frame, "
-        "annotator 2 full-video). Frame and annotation folders are symbolic links into DAVIS (or copies with "
-        "--copy); the DAVIS folder itself is never modified, so the evaluation can keep reading it.",
-    )
+    davis = add_command(datasets, "davis", run_prepare_davis)
     davis.add_argument(
         "--davis-root", type=Path, required=True,
         help="DAVIS folder from DAVIS-2017-Unsupervised-trainval-480p.zip + DAVIS-2017_semantics-480p.zip",
@@ -34,10 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     davis.add_argument("--output", type=Path, required=True, help="Ref-DAVIS17 root to write (e.g. data/ref-davis)")
     davis.add_argument("--copy", action="store_true", help="copy the per-video folders instead of linking them")
-    davis.set_defaults(func=run_prepare_davis)
 
 
 def run_prepare_davis(args: argparse.Namespace) -> int:
+    """Ref-DAVIS17: DAVIS-2017 + Davis17_annot*.txt -> Ref-YouTube-VOS layout
+
+    Write OUTPUT/{train,valid}/{JPEGImages,Annotations,meta.json} and
+    OUTPUT/meta_expressions/{train,valid}/meta_expressions.json as the official converter does, with 4
+    expressions per object (annotator 1 first-frame, annotator 1 full-video, annotator 2 first-frame,
+    annotator 2 full-video). Frame and annotation folders are symbolic links into DAVIS (or copies with
+    --copy); the DAVIS folder itself is never modified, so the evaluation can keep reading it.
+    """
     from ..data.davis import prepare_davis
     from ..data.ytvos import load_videos_dict
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..outputs import make_dirs, write_text, writing
+from .arguments import add_command, add_model_arguments
 
 if TYPE_CHECKING:
     from ..data.synthetic import SyntheticClip
-    from ..modeling.bifit import BifitModel
 
 RESULTS_NAME = "results.json"
 COMMAND_TAG = "bifit demo"
@@ -36,13 +36,7 @@ OVERLAY_FPS = 6.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="segment synthetic clips with the bundled model and score it against their ground truth",
-        description="Generate synthetic referring clips (moving coloured shapes), segment one expression per "
-        "object with the bundled demo model, print J, F and J&F per expression, and write "
-        "clip<N>.mp4 / clip<N>.gif overlays and results.json into --output.",
-    )
+    parser = add_command(subparsers, "demo", run)
     parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT,
                         help=f"output directory (default: ./{DEFAULT_OUTPUT})")
     parser.add_argument("--overwrite", action="store_true",
@@ -51,10 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES,
                         help=f"frames per clip (default {DEMO_FRAMES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips and expressions (default 0)")
-    parser.add_argument("--checkpoint", "-c", type=Path, default=None,
-                        help="a demo bundle or a `bifit train` final/ directory (default: the bundled model)")
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
-    parser.set_defaults(func=run)
+    add_model_arguments(parser, "a demo bundle or a `bifit train` final/ directory (default: the bundled model)",
+                        text_encoder=False)
 
 
 @dataclass
@@ -72,33 +64,6 @@ class ExpressionScore:
         return (self.j + self.f) / 2.0
 
 
-def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") -> tuple[BifitModel, tuple[int, int]]:
-    """(model, (H, W) of its training frames) for a demo bundle or a training run's `final/` directory
-    (whose parent holds `train_config.json`)."""
-    from ..assets import demo_info, load_demo_model
-    from ..devices import resolve_device
-    from ..modeling.checkpoint import load_pretrained
-
-    device = resolve_device(device)
-    if checkpoint is None or is_demo_bundle(checkpoint):
-        info = demo_info(checkpoint)
-        return load_demo_model(checkpoint, device), info.frame_size
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    run_config = checkpoint.parent / "train_config.json"
-    if not run_config.is_file():
-        raise FileNotFoundError(
-            f"{run_config} not found: --checkpoint must be a demo bundle or the final/ directory of a "
-            "`bifit train` run on synthetic data"
-        )
-    run = json.loads(run_config.read_text())
-    if run.get("data") != "synthetic":
-        raise ValueError(f"{checkpoint} was trained on {run.get('data')!r}, not on synthetic clips")
-    model = load_pretrained(checkpoint, device)
-    height, width = run["synthetic_size"]
-    return model, (int(height), int(width))
-
-
 def is_demo_bundle(directory: Path) -> bool:
     """Whether `directory` holds a demo bundle (text encoder weights kept outside, see `bifit.assets`)."""
     try:
@@ -112,15 +77,6 @@ def pick_expressions(clip: SyntheticClip, rng: np.random.Generator) -> list[tupl
     from ..data.synthetic import pick_expression
 
     return [(index, pick_expression(rng, obj)) for index, obj in enumerate(clip.objects)]
-
-
-def score_masks(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """Mean J and mean F over frames of bool masks [T, H, W] (DAVIS-2017 toolkit measures)."""
-    from ..evaluation import contour_accuracy, region_similarity
-
-    j = [region_similarity(g, p) for g, p in zip(gt, pred)]
-    f = [contour_accuracy(g, p) for g, p in zip(gt, pred)]
-    return float(np.mean(j)), float(np.mean(f))
 
 
 def _is_demo_file(name: str) -> bool:
@@ -175,10 +131,19 @@ def _check_output(output: Path, overwrite: bool, clips: int) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """segment synthetic clips with the bundled model and score it against their ground truth
+
+    Generate synthetic referring clips (moving coloured shapes), segment one expression per object with the
+    bundled demo model, print J, F and J&F per expression, and write clip<N>.mp4 / clip<N>.gif overlays and
+    results.json into --output.
+    """
     import torch
     from transformers.utils import logging as hf_logging
 
+    from ..assets import demo_info, load_demo_model, load_synthetic_run
     from ..data.synthetic import COLOURS, SceneConfig, generate_clip
+    from ..devices import resolve_device
+    from ..evaluation import mean_j_and_f
     from ..inference.predictor import Segmenter
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
@@ -192,7 +157,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     hf_logging.disable_progress_bar()
-    model, frame_size = load_model_for_demo(args.checkpoint, args.device)
+    device = resolve_device(args.device)
+    if args.checkpoint is None or is_demo_bundle(args.checkpoint):
+        frame_size = demo_info(args.checkpoint).frame_size
+        model = load_demo_model(args.checkpoint, device)
+    else:
+        model, frame_size = load_synthetic_run(args.checkpoint, device)
     segmenter = Segmenter(model, short_side=None)
     scene = SceneConfig(num_frames=args.frames, size=frame_size)
     scale = display_scale(*frame_size)
@@ -211,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         colors = color_palette(len(expressions), avoid=shape_colours)
         entries = []
         for (obj, text), res, color in zip(picked, result, colors):
-            j, f = score_masks(clip.objects[obj].masks, res.masks)
+            j, f = mean_j_and_f(clip.objects[obj].masks, res.masks)
             scores.append(ExpressionScore(c, text, obj, j, f))
             entries.append({"expression": text, "object": obj, "J": j, "F": f, "J&F": (j + f) / 2.0,
                             "color": "#{:02x}{:02x}{:02x}".format(*color),

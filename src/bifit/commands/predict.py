@@ -11,12 +11,15 @@ import argparse
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text
+from .arguments import add_command, add_max_long_side
 
 if TYPE_CHECKING:
+    from ..data.ytvos import EvalVideo
+    from ..inference.protocols import Shard
     from ..modeling.bifit import BifitModel
 
 
@@ -40,10 +43,12 @@ def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def _max_long_side(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
-        help="refuse frames whose resized longer side exceeds PX pixels (default 4096; the official protocol has "
+def _clip_options(parser: argparse.ArgumentParser, clip_length: int | None, clip_help: str, per_pass_help: str) -> None:
+    """The options of the protocols that cut videos into clips (Ref-YouTube-VOS, Ref-DAVIS17)."""
+    parser.add_argument("--clip-length", type=int, default=clip_length, help=clip_help)
+    parser.add_argument("--expressions-per-pass", type=int, default=4, help=per_pass_help)
+    add_max_long_side(
+        parser, "refuse frames whose resized longer side exceeds PX pixels (default 4096; the official protocol has "
         "no cap, and no frame of the benchmark comes near it)",
     )
 
@@ -58,47 +63,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
 
-    ytvos = sub.add_parser(
-        "ytvos", help="Ref-YouTube-VOS: PNGs + submission.zip (valid) or local J&F (heldout)",
-        description="valid: <output>/valid/<video>/<exp_id>/<frame>.png and <output>/submission.zip "
-        "(Annotations/...) for the competition server. heldout: predict the held-out training videos "
-        "(sorted ids, every --heldout-every-th from the first) into <output>/heldout/ and evaluate J&F "
-        "against the training annotations.",
-    )
+    ytvos = add_command(sub, "ytvos", run_ytvos)
     _common(ytvos, "Ref-YouTube-VOS root (meta_expressions/, train/, valid/)")
     ytvos.add_argument("--split", choices=["valid", "heldout"], default="valid", help="what to predict (default valid)")
     ytvos.add_argument(
         "--heldout-every", type=int, default=20, help="held-out split: one training video in this many (default 20)"
     )
-    ytvos.add_argument(
-        "--clip-length", type=int, default=None,
-        help="cut videos into clips of this many frames, the query chosen per clip (default: whole video, official)",
+    _clip_options(
+        ytvos, None,
+        "cut videos into clips of this many frames, the query chosen per clip (default: whole video, official)",
+        "expressions decoded at once on one backbone pass (memory/speed trade-off; default 4)",
     )
-    ytvos.add_argument(
-        "--expressions-per-pass", type=int, default=4,
-        help="expressions decoded at once on one backbone pass (memory/speed trade-off; default 4)",
-    )
-    _max_long_side(ytvos)
-    ytvos.set_defaults(func=run_ytvos)
 
-    davis = sub.add_parser(
-        "davis", help="Ref-DAVIS17: per-annotator palette PNGs, then J&F of each and their mean",
-        description="Writes <output>/valid/anno_{0,1,2,3}/<video>/<frame>.png, evaluates each with the "
-        "DAVIS-2017 unsupervised protocol and reports their mean (the published Ref-DAVIS17 number).",
-    )
+    davis = add_command(sub, "davis", run_davis)
     _common(davis, "prepared Ref-DAVIS17 root (output of `bifit data prepare davis`)")
     davis.add_argument(
         "--davis-root", type=Path, default=None,
         help="original DAVIS-2017 folder for the ground truth (default: <data-root>/DAVIS)",
     )
-    davis.add_argument("--clip-length", type=int, default=24, help="frames per clip (official: 24)")
-    davis.add_argument("--expressions-per-pass", type=int, default=4, help="expressions decoded at once (default 4)")
-    _max_long_side(davis)
-    davis.set_defaults(func=run_davis)
+    _clip_options(davis, 24, "frames per clip (official: 24)", "expressions decoded at once (default 4)")
 
     for name, title in (("a2d", "A2D-Sentences (test split)"), ("jhmdb", "JHMDB-Sentences")):
-        p = sub.add_parser(
-            name, help=f"{title}: all-query COCO predictions and the official metrics",
+        p = add_command(
+            sub, name, run_a2d, help=f"{title}: all-query COCO predictions and the official metrics",
             description=f"Predicts every {title} sample on a clip centred on its annotated frame, writes "
             "<output>/predictions.json (COCO results, all queries) and <output>/metrics.json.",
         )
@@ -119,7 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "processes of this run",
         )
         p.add_argument("--workers", type=int, default=2, help="data loading worker processes (default 2)")
-        p.set_defaults(func=run_a2d)
 
 
 def _load(args: argparse.Namespace) -> BifitModel:
@@ -140,20 +126,43 @@ def _check_positive(value: int | None, flag: str) -> None:
         raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
-def run_ytvos(args: argparse.Namespace) -> int:
-    from ..data.ytvos import ytvos_heldout_videos, ytvos_valid_videos
-    from ..inference.benchmarks import distributed_shard
-    from ..inference.ytvos_predict import (
-        evaluate_ytvos_results,
-        format_ytvos_results,
-        predict_ytvos,
-        write_submission_zip,
-        write_ytvos_results,
-    )
+def _check_clip_options(args: argparse.Namespace) -> None:
+    from ..inference.core import check_count
 
-    _check_positive(args.clip_length, "--clip-length")
-    _check_positive(args.expressions_per_pass, "--expressions-per-pass")
+    check_count(args.clip_length, "--clip-length")
+    check_count(args.expressions_per_pass, "--expressions-per-pass")
     _check_positive(args.max_long_side, "--max-long-side")
+
+
+def _predict_share(
+    args: argparse.Namespace, shard: Shard, model: BifitModel, videos: list[EvalVideo], split_dir: Path,
+    predict: Callable[..., int], label: str,
+) -> None:
+    """This rank's share of `videos` predicted into `split_dir` by a clip protocol (`predict_ytvos`,
+    `predict_davis`) with the command's options; returns once every rank is done."""
+    mine = shard.take(videos)
+    written = predict(
+        model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
+        expressions_per_pass=args.expressions_per_pass, max_long_side=args.max_long_side,
+        progress=not args.no_progress, desc=f"{label} [rank {shard.rank}/{shard.world_size}]",
+    )
+    print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
+    shard.barrier()
+
+
+def run_ytvos(args: argparse.Namespace) -> int:
+    """Ref-YouTube-VOS: PNGs + submission.zip (valid) or local J&F (heldout)
+
+    valid: <output>/valid/<video>/<exp_id>/<frame>.png and <output>/submission.zip (Annotations/...) for the
+    competition server. heldout: predict the held-out training videos (sorted ids, every --heldout-every-th
+    from the first) into <output>/heldout/ and evaluate J&F against the training annotations.
+    """
+    from ..data.ytvos import ytvos_heldout_videos, ytvos_valid_videos
+    from ..inference.protocols import distributed_shard
+    from ..inference.ytvos_predict import evaluate_ytvos_results, format_ytvos_results, predict_ytvos
+    from ..inference.ytvos_predict import write_submission_zip, write_ytvos_results
+
+    _check_clip_options(args)
     if not args.data_root.is_dir():
         raise FileNotFoundError(f"Ref-YouTube-VOS root not found: {args.data_root}")
     if args.split == "valid":
@@ -163,14 +172,7 @@ def run_ytvos(args: argparse.Namespace) -> int:
     model = _load(args)
     split_dir = make_dirs(args.output / args.split)
     with distributed_shard() as shard:
-        mine = shard.take(videos)
-        written = predict_ytvos(
-            model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
-            expressions_per_pass=args.expressions_per_pass, max_long_side=args.max_long_side,
-            progress=not args.no_progress, desc=f"ytvos {args.split} [rank {shard.rank}/{shard.world_size}]",
-        )
-        print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
-        shard.barrier()
+        _predict_share(args, shard, model, videos, split_dir, predict_ytvos, f"ytvos {args.split}")
         if not shard.is_main:
             return 0
         if args.split == "valid":
@@ -185,17 +187,16 @@ def run_ytvos(args: argparse.Namespace) -> int:
 
 
 def run_davis(args: argparse.Namespace) -> int:
-    from ..data.davis import davis_eval_videos
-    from ..inference.benchmarks import distributed_shard
-    from ..inference.davis_predict import (
-        evaluate_davis_annotators,
-        format_davis_summary,
-        predict_davis,
-    )
+    """Ref-DAVIS17: per-annotator palette PNGs, then J&F of each and their mean
 
-    _check_positive(args.clip_length, "--clip-length")
-    _check_positive(args.expressions_per_pass, "--expressions-per-pass")
-    _check_positive(args.max_long_side, "--max-long-side")
+    Writes <output>/valid/anno_{0,1,2,3}/<video>/<frame>.png, evaluates each with the DAVIS-2017
+    unsupervised protocol and reports their mean (the published Ref-DAVIS17 number).
+    """
+    from ..data.davis import davis_eval_videos
+    from ..inference.protocols import distributed_shard
+    from ..inference.davis_predict import evaluate_davis_annotators, format_davis_summary, predict_davis
+
+    _check_clip_options(args)
     davis_root = args.davis_root if args.davis_root is not None else args.data_root / "DAVIS"
     # Fail before hours of prediction rather than at the evaluation.
     if not (davis_root / "Annotations_unsupervised").is_dir():
@@ -206,14 +207,7 @@ def run_davis(args: argparse.Namespace) -> int:
     model = _load(args)
     split_dir = make_dirs(args.output / "valid")
     with distributed_shard() as shard:
-        mine = shard.take(videos)
-        written = predict_davis(
-            model, mine, split_dir, short_side=args.short_side, clip_length=args.clip_length,
-            expressions_per_pass=args.expressions_per_pass, max_long_side=args.max_long_side,
-            progress=not args.no_progress, desc=f"davis [rank {shard.rank}/{shard.world_size}]",
-        )
-        print(f"rank {shard.rank}: {len(mine)} videos, {written} masks written to {split_dir}")
-        shard.barrier()
+        _predict_share(args, shard, model, videos, split_dir, predict_davis, "davis")
         if not shard.is_main:
             return 0
         summary = evaluate_davis_annotators(davis_root, split_dir, progress=not args.no_progress)
@@ -223,15 +217,9 @@ def run_davis(args: argparse.Namespace) -> int:
 
 
 def run_a2d(args: argparse.Namespace) -> int:
-    from ..inference.a2d_predict import (
-        build_eval_dataset,
-        evaluate_predictions,
-        format_a2d_metrics,
-        ground_truth,
-        official_batches,
-        predict_batches,
-    )
-    from ..inference.benchmarks import distributed_shard
+    from ..inference.a2d_predict import build_eval_dataset, evaluate_predictions, format_a2d_metrics
+    from ..inference.a2d_predict import ground_truth, official_batches, predict_batches
+    from ..inference.protocols import distributed_shard
 
     _check_positive(args.num_frames, "--num-frames")
     _check_positive(args.max_size, "--max-size")

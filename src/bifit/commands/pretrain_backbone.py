@@ -15,19 +15,15 @@ import json
 import time
 from pathlib import Path
 
+from .arguments import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..training.config import BackbonePretrainingConfig
 
     # The fields' defaults, without building (and validating) a config just for the help texts.
     defaults = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(BackbonePretrainingConfig)})
-    parser = subparsers.add_parser(
-        "pretrain-backbone",
-        help="pretrain a preset's backbone on synthetic frames (per-pixel shape, colour and size)",
-        description="Pretrain the ResNet of a training preset on synthetic frames, labelling every pixel with the "
-        "shape, colour and size of its object, and write it as a torchvision state dict for "
-        "`bifit train --backbone-weights`. A JSON summary goes next to it (OUTPUT.json).",
-    )
+    parser = add_command(subparsers, "pretrain-backbone", run)
     parser.add_argument("--preset", default="synthetic_tiny", help="training preset whose backbone to pretrain")
     parser.add_argument("--output", required=True, type=Path, help="the state dict to write (.pth)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default {defaults.steps})")
@@ -40,10 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """pretrain a preset's backbone on synthetic frames (per-pixel shape, colour and size)
+
+    Pretrain the ResNet of a training preset on synthetic frames, labelling every pixel with the shape,
+    colour and size of its object, and write it as a torchvision state dict for `bifit train
+    --backbone-weights`. A JSON summary goes next to it (OUTPUT.json).
+    """
     from tqdm.auto import tqdm
 
     from ..devices import resolve_device

@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..data.frame_sizes import MAX_LONG_SIDE
 from ..outputs import make_dirs, write_text, writing
+from .arguments import add_command, add_max_long_side, add_model_arguments
 
 #: Frame rate of the overlays for inputs that have none (frame folders, images).
 DEFAULT_FPS = 10.0
@@ -24,23 +24,13 @@ BUNDLED_MODEL_NOTE = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "segment",
-        help="segment the objects that sentences describe in a video, a folder of frames or an image",
-        description="Segment what each --text describes. Writes, under --output: <index>_<slug>/masks/<frame>.png "
-        "per expression, overlay.mp4 and overlay.gif (all expressions in distinct colours) and summary.json "
-        "(per expression and frame: score, box, mask area).",
-    )
+    parser = add_command(subparsers, "segment", run)
     parser.add_argument("video", type=Path, help="video file (mp4, avi, webm, mov, ...), folder of frames, or image")
     parser.add_argument("--text", "-t", action="append", required=True, metavar="EXPRESSION",
                         help="referring expression; repeat for several objects")
-    parser.add_argument("--checkpoint", "-c", type=Path, default=None,
-                        help="bifit checkpoint directory or official .pth (default: the bundled demo model)")
-    parser.add_argument("--text-encoder", default=None,
-                        help="for an official .pth: Hugging Face id or directory of its text encoder (default roberta-base)")
+    add_model_arguments(parser, "bifit checkpoint directory or official .pth (default: the bundled demo model)")
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="output directory (default: <video name>_bifit beside the current directory)")
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     parser.add_argument("--clip-length", type=int, default=None, metavar="N",
                         help="process the video in clips of N frames so memory stays flat on long videos "
                         "(default: the whole video at once, as the official inference)")
@@ -48,14 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short-side", type=int, default=None, metavar="PX",
                         help="resize frames so their shorter side is PX before the model (default: the official "
                         "360, or the training frames' size for the bundled demo model)")
-    parser.add_argument("--max-long-side", type=int, default=MAX_LONG_SIDE, metavar="PX",
-                        help="refuse frames whose model input (after resizing) has a longer side above PX pixels "
-                        "(default 4096: normal aspect ratios stay far below it; raise it for panoramas)")
+    add_max_long_side(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier bifit outputs in an output directory that is not empty")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
 
 
 def slugify(text: str, max_length: int = 40) -> str:
@@ -207,17 +194,24 @@ def _move_into_place(tmp: Path, output: Path, new_dirs: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """segment the objects that sentences describe in a video, a folder of frames or an image
+
+    Segment what each --text describes. Writes, under --output: <index>_<slug>/masks/<frame>.png per
+    expression, overlay.mp4 and overlay.gif (all expressions in distinct colours) and summary.json (per
+    expression and frame: score, box, mask area).
+    """
     import sys
 
     from tqdm.auto import tqdm
 
-    from ..inference.benchmarks import save_mask_png
-    from ..inference.predictor import Segmenter, check_expressions, checkpoint_short_side, default_checkpoint
+    from ..assets import checkpoint_short_side, default_checkpoint
+    from ..inference.core import check_count
+    from ..inference.predictor import Segmenter, check_expressions
+    from ..inference.protocols import save_mask_png
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
 
     expressions = check_expressions(args.text)
-    if args.clip_length is not None and args.clip_length < 1:
-        raise ValueError(f"--clip-length must be a positive number of frames, got {args.clip_length}")
+    check_count(args.clip_length, "--clip-length")
     if args.frame_stride < 1:
         raise ValueError(f"--frame-stride must be >= 1, got {args.frame_stride}")
     if args.max_long_side < 1:

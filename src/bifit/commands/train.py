@@ -14,17 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arguments import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..training.config import AMP_MODES, DATASETS, training_preset_names
 
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model from a training preset (official recipes, synthetic tiny model)",
-        description="Train BIFIT. Writes OUTPUT_DIR/{train_config.json, metrics.jsonl, checkpoints/, final/}; "
-        "final/ loads with bifit.load_pretrained. Run under torchrun for several processes/GPUs. SIGTERM or "
-        "SIGINT stops after the current step with a checkpoint and exit code 75; --resume continues.",
-    )
+    parser = add_command(subparsers, "train", run)
     parser.add_argument("--preset", required=True, help=f"training recipe: {', '.join(training_preset_names())}")
     parser.add_argument("--output-dir", required=True, type=Path, help="where logs, checkpoints and the model go")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT_DIR")
@@ -51,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="any TrainingConfig or BifitConfig field (model.FIELD also works), value as JSON; repeatable",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 # Command-line flag -> TrainingConfig field.
@@ -90,6 +85,12 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 (TrainingConfig, imp
 
 
 def run(args: argparse.Namespace) -> int:
+    """train a model from a training preset (official recipes, synthetic tiny model)
+
+    Train BIFIT. Writes OUTPUT_DIR/{train_config.json, metrics.jsonl, checkpoints/, final/}; final/ loads
+    with bifit.load_pretrained. Run under torchrun for several processes/GPUs. SIGTERM or SIGINT stops after
+    the current step with a checkpoint and exit code 75; --resume continues.
+    """
     from ..cli import EXIT_TRAINING_STOPPED
     from ..training.loop import train
     from ..training.preemption import TrainingInterrupted

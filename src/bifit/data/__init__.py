@@ -23,7 +23,6 @@ _EXPORTS = {
     "build_target": ".targets",
     "check_boxes": ".targets",
     "normalize_boxes": ".targets",
-    "normalize_frames": ".targets",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
@@ -31,4 +30,4 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .collate import collate_expressions, collate_fn
     from .synthetic import SceneConfig, SyntheticClip, SyntheticObject, SyntheticRVOS, generate_clip
-    from .targets import boxes_from_masks, build_target, check_boxes, normalize_boxes, normalize_frames
+    from .targets import boxes_from_masks, build_target, check_boxes, normalize_boxes

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bifit.data.targets import IMAGENET_MEAN, IMAGENET_STD, boxes_from_masks, build_target, normalize_frames
+from bifit.data.targets import boxes_from_masks, build_target
+from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 
 __all__ = [
     "ATTRIBUTE_TYPES",

@@ -20,17 +20,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "boxes_from_masks",
     "build_target",
     "check_boxes",
     "normalize_boxes",
-    "normalize_frames",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _as_array(data: Tensor | np.ndarray) -> np.ndarray:
@@ -105,28 +99,6 @@ def normalize_boxes(boxes_xyxy: Tensor, size: Sequence[int]) -> Tensor:
     x1, y1, x2, y2 = boxes_xyxy.to(torch.float32).unbind(-1)
     cxcywh = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
     return cxcywh / torch.tensor([width, height, width, height], dtype=torch.float32)
-
-
-def normalize_frames(frames: Tensor | np.ndarray) -> Tensor:
-    """ImageNet-normalise uint8 frames, bit for bit as the official ``ToTensor`` then ``Normalize``.
-
-    The float32 operations run in the official order, ``(x / 255 - mean) / std``: folding them
-    into one multiply-add (``x * (1 / 255 / std) - mean / std``) rounds differently for most byte
-    values (by up to 7e-7), enough to flip mask pixels whose probability lies that close to 0.5.
-
-    Args:
-        frames: uint8 [T, H, W, 3] (RGB), tensor or array.
-
-    Returns:
-        float32 [T, 3, H, W].
-    """
-    pixels = _as_array(frames)
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {pixels.dtype} {tuple(pixels.shape)}")
-    video = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(torch.float32)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return video.div_(255).sub_(mean).div_(std)
 
 
 def build_target(

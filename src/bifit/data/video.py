@@ -2,7 +2,8 @@
 
 All readers return a :class:`VideoFrames` whose ``frames`` are uint8 [T, H, W, 3] RGB. Video
 files (mp4, avi, webm, mov, mkv, ...) are decoded with PyAV, every frame in presentation order,
-as ``torchvision.io.read_video`` (the official A2D loader) does.
+as ``torchvision.io.read_video`` (the official A2D loader) does. :func:`open_frame_source` reads
+the same inputs clip by clip instead (:class:`FrameSource`), for inference over long videos.
 
 :class:`VideoFrameCache` keeps decoded videos so training does not decode a clip at every step:
 
@@ -24,11 +25,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bifit.data.names import safe_name
+
+if TYPE_CHECKING:
+    import av
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".gif"})
@@ -53,6 +58,33 @@ class VideoFrames:
         return int(self.frames.shape[0])
 
 
+@contextmanager
+def _video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The container and first video stream of a file opened with PyAV; any decoding error while it is
+    open becomes one ValueError naming the file."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            yield container, container.streams.video[0]
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"cannot decode video {path}: {exc}") from None
+
+
+def _fps(stream: av.video.stream.VideoStream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
+def _decode_rgb(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[np.ndarray]:
+    """Every frame of `stream`, in presentation order, as uint8 [H, W, 3] RGB."""
+    stream.thread_type = "AUTO"
+    for frame in container.decode(stream):
+        yield frame.to_ndarray(format="rgb24")
+
+
 def read_video_file(path: str | os.PathLike[str]) -> VideoFrames:
     """Decode every frame of a video file with PyAV.
 
@@ -60,26 +92,17 @@ def read_video_file(path: str | os.PathLike[str]) -> VideoFrames:
         FileNotFoundError: the file does not exist.
         ValueError: the file cannot be decoded or holds no video frames.
     """
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = stream.average_rate or stream.guessed_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"cannot decode video {path}: {exc}") from None
+    with _video_stream(path) as (container, stream):
+        fps = _fps(stream)
+        frames = list(_decode_rgb(container, stream))
     if not frames:
         raise ValueError(f"video {path} contains no frames")
     return VideoFrames(
         frames=np.stack(frames),
-        fps=float(rate) if rate else None,
+        fps=fps,
         names=[f"{i:05d}" for i in range(len(frames))],
     )
 
@@ -203,6 +226,89 @@ def read_frames(source: str | os.PathLike[str]) -> VideoFrames:
         f"unsupported input {path}: expected a folder of frames, an image "
         f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video ({', '.join(sorted(VIDEO_EXTENSIONS))})"
     )
+
+
+class FrameSource:
+    """Frames of one video, readable clip by clip as many times as needed (to run a model over a long
+    video, then hand out its results frame by frame, without holding every frame in memory).
+
+    Attributes:
+        fps: frames per second of a video file (before any stride), None for folders and images.
+        total: the number of frames kept (after the stride) where it is known before decoding, else
+            None (video files read as a stream).
+    """
+
+    fps: float | None = None
+    total: int | None = None
+
+    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Yields (uint8 [t, H, W, 3], t frame names); one clip of everything when length is None."""
+        raise NotImplementedError
+
+
+class ArraySource(FrameSource):
+    """Frames already in memory: uint8 [T, H, W, 3] and their T names."""
+
+    def __init__(self, frames: np.ndarray, names: list[str], fps: float | None) -> None:
+        self.frames, self.names, self.fps, self.total = frames, names, fps, len(names)
+
+    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        step = length or len(self.names)
+        for start in range(0, len(self.names), step):
+            yield self.frames[start : start + step], self.names[start : start + step]
+
+
+class FolderSource(FrameSource):
+    """Frame files loaded one clip at a time."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files, self.total = files, len(files)
+
+    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        step = length or len(self.files)
+        for start in range(0, len(self.files), step):
+            chunk = self.files[start : start + step]
+            yield np.stack([read_image(p).frames[0] for p in chunk]), [p.stem for p in chunk]
+
+
+class VideoFileSource(FrameSource):
+    """A video file decoded with PyAV as a stream, keeping every `stride`-th frame."""
+
+    def __init__(self, path: Path, stride: int) -> None:
+        self.path, self.stride = path, stride
+        with _video_stream(path) as (_, stream):
+            self.fps = _fps(stream)
+            self.total = -(-stream.frames // stride) if stream.frames > 0 else None
+
+    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        frames: list[np.ndarray] = []
+        names: list[str] = []
+        with _video_stream(self.path) as (container, stream):
+            for i, frame in enumerate(_decode_rgb(container, stream)):
+                if i % self.stride:
+                    continue
+                frames.append(frame)
+                names.append(f"{i:05d}")
+                if length is not None and len(frames) == length:
+                    yield np.stack(frames), names
+                    frames, names = [], []
+        if frames:
+            yield np.stack(frames), names
+
+
+def open_frame_source(source: str | os.PathLike[str], stride: int = 1, stream: bool = False) -> FrameSource:
+    """The frames of a video file, a folder of frames or an image, keeping every `stride`-th frame.
+
+    With `stream`, folders and video files are read clip by clip as the frames are asked for (memory
+    stays flat); otherwise everything is decoded at once (:func:`read_frames`).
+    """
+    path = Path(source)
+    if stream and path.is_dir():
+        return FolderSource(list_frame_files(path)[::stride])
+    if stream and path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        return VideoFileSource(path, stride)
+    decoded = read_frames(path)
+    return ArraySource(decoded.frames[::stride], decoded.names[::stride], decoded.fps)
 
 
 class VideoFrameCache:

@@ -12,6 +12,7 @@ from bifit.evaluation.metrics import (
     boundary_map,
     contour_accuracy,
     disk_kernel,
+    mean_j_and_f,
     region_similarity,
     sequence_statistics,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "disk_kernel",
     "evaluate_davis",
     "format_davis_table",
+    "mean_j_and_f",
     "region_similarity",
     "sequence_statistics",
     "write_davis_csvs",

@@ -17,6 +17,7 @@ __all__ = [
     "boundary_radius",
     "contour_accuracy",
     "disk_kernel",
+    "mean_j_and_f",
     "pairwise_frame_scores",
     "region_similarity",
     "sequence_statistics",
@@ -174,6 +175,20 @@ def contour_accuracy(
     return _f_measure(
         _boundary_and_dilation(pred_b & valid, kernel), _boundary_and_dilation(gt_b & valid, kernel)
     )
+
+
+def mean_j_and_f(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Mean J and mean F over the frames of one clip.
+
+    Args:
+        gt, pred: bool masks [T, H, W] of the ground truth and the prediction.
+
+    Returns:
+        ``(J, F)``: the means over frames of :func:`region_similarity` and :func:`contour_accuracy`.
+    """
+    j = [region_similarity(g, p) for g, p in zip(gt, pred)]
+    f = [contour_accuracy(g, p) for g, p in zip(gt, pred)]
+    return float(np.mean(j)), float(np.mean(f))
 
 
 def pairwise_frame_scores(

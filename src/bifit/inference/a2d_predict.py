@@ -57,6 +57,7 @@ from bifit.data.jhmdb import (
 from bifit.data.frame_sizes import EVAL_SHORT_SIZE
 from bifit.data.transforms import make_eval_transforms
 from bifit.evaluation import a2d_metrics
+from bifit.inference.core import masks_from_logits
 from bifit.modeling.bifit import BifitModel
 
 __all__ = [
@@ -122,10 +123,7 @@ def postprocess_masks(
         size, resized to the original size with (legacy) nearest neighbour.
     """
     h4, w4 = mask_logits.shape[-2:]
-    upsampled = F.interpolate(
-        mask_logits.float(), size=(h4 * MASK_STRIDE, w4 * MASK_STRIDE), mode="bilinear", align_corners=False
-    )
-    binary = upsampled.sigmoid() > 0.5
+    binary = masks_from_logits(mask_logits, (h4 * MASK_STRIDE, w4 * MASK_STRIDE))
     out = []
     for masks, (h, w), (orig_h, orig_w) in zip(binary, input_sizes.tolist(), orig_sizes.tolist(), strict=True):
         cropped = masks[:, :h, :w].unsqueeze(1).float()

@@ -31,16 +31,8 @@ from bifit.data.names import inside
 from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo
 from bifit.evaluation import average_global_results, davis_csv_texts, evaluate_davis
-from bifit.inference.benchmarks import (
-    EVAL_SHORT_SIZE,
-    MAX_LONG_SIDE,
-    clip_ranges,
-    davis_palette,
-    load_frames,
-    save_palette_png,
-    segment_clip,
-    upsample_logits,
-)
+from bifit.inference.core import EVAL_SHORT_SIZE, MAX_LONG_SIDE, upsample_logits
+from bifit.inference.protocols import davis_palette, predict_clips, save_palette_png
 from bifit.modeling.bifit import BifitModel
 from bifit.outputs import make_dirs, write_text
 
@@ -106,11 +98,8 @@ def predict_davis(
         videos: videos of a prepared split (``davis_eval_videos(root, "valid")`` or a rank's share);
             each with 4 expressions per object, in the order :func:`prepare_davis` writes them.
         split_dir: output folder, e.g. ``<output>/valid``.
-        short_side: shorter side of the model input (official 360).
-        clip_length: frames per clip (official 24; ``None`` = whole video).
-        expressions_per_pass: expressions decoded at once on the shared backbone features.
-        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
-            limit; never changes a result).
+        short_side, clip_length, expressions_per_pass, max_long_side: as
+            :func:`bifit.inference.protocols.predict_clips` (official: 360, 24 frames, any, any).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -130,10 +119,11 @@ def predict_davis(
         folders = [inside(split_dir, split_dir / f"anno_{k}" / video.video) for k in range(NUM_ANNOTATIONS)]
         for folder in folders:
             make_dirs(folder)
-        captions = [e.text for e in video.expressions]
-        for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
-            pred = segment_clip(model, frames, captions, expressions_per_pass)
+        clips = predict_clips(
+            model, video, short_side=short_side, clip_length=clip_length,
+            expressions_per_pass=expressions_per_pass, max_long_side=max_long_side,
+        )
+        for clip, size, pred in clips:
             for k, folder in enumerate(folders):
                 rows = [obj * NUM_ANNOTATIONS + k for obj in range(num_objects)]
                 probabilities = upsample_logits(pred.mask_logits[rows], size).sigmoid()

@@ -12,17 +12,18 @@ Ref-YouTube-VOS inference:
    pixels of the original frame.
 
 Work shared across expressions: frames are decoded and the backbone runs once per clip; the
-features are repeated for the E expressions and decoded in one batched call. Results equal
-running each expression alone up to float rounding.
+features are repeated for the E expressions and decoded in one batched call (at most
+`expressions_per_pass` at a time). Results equal running each expression alone up to float
+rounding. Resizing, normalisation, the clip pass, query selection and postprocessing are those of
+the clip core (`bifit.inference.core`); this module reads the video, runs the clips and collects
+the results (`bifit.inference.results`).
 
 Long videos (`clip_length=N`): the video is processed in clips of N frames. IFI (the inter-frame
 query interaction) then attends among the frames of one clip only, and BVLI and the cross-modal
 FPN see one clip at a time, so results differ from whole-video inference. The referred object is
-still chosen once for the whole video: per-query sums of sigmoid scores are accumulated over all
-clips and ONE query index is picked from their mean over all frames. This is meaningful because a
-query slot q is the same learned embedding (query position and initial reference point) in every
-frame and every clip, and training matches one slot to the object for all frames of a clip; the
-official Ref-DAVIS script instead picks the query per 24-frame clip (`query_selection="clip"`).
+still chosen once for the whole video (`bifit.inference.core.QueryVote`): per-query sums of
+sigmoid scores are accumulated over all clips and ONE query index is picked from their mean over
+all frames; the official Ref-DAVIS script instead picks the query per 24-frame clip (`query_selection="clip"`).
 Memory stays flat: frames are decoded clip by clip (twice for video files: once to run the model,
 once to hand out results), and the stride-4 mask logits of all queries (needed until the query is
 known) go to a temporary directory, not to RAM.
@@ -30,82 +31,36 @@ known) go to a temporary directory, not to RAM.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
-import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from tqdm.auto import tqdm
 
-from ..data.targets import normalize_frames
 from ..data.frame_sizes import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
-from ..data.video import (
-    VIDEO_EXTENSIONS,
-    list_frame_files,
-    read_frames,
-    read_image,
-    read_video_file,
-)
+from ..data.video import ArraySource, FrameSource, open_frame_source
 from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
+from ..modeling.checkpoint import CheckpointError, load_model
 from ..modeling.text_encoder import ExpressionError, check_utf8
-from ..outputs import writing
+from .core import QuerySelection, QueryVote, check_count, preprocess_frames, segment_clip, select_queries
+from .results import LogitStore, SegmentationResult, VideoSegmentation
 
 if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self needs Python 3.11
+    from ..modeling.text_encoder import TextEncoder
 
-__all__ = [
-    "ExpressionResult",
-    "FrameResult",
-    "SegmentationResult",
-    "Segmenter",
-    "VideoSegmentation",
-    "check_expressions",
-    "checkpoint_short_side",
-    "default_checkpoint",
-]
+__all__ = ["Segmenter", "check_expressions"]
 
 VideoInput = str | os.PathLike[str] | np.ndarray | torch.Tensor
-QuerySelection = Literal["video", "clip"]
 
 
-def default_checkpoint() -> Path:
-    """Directory of the demo model shipped with the package (`bifit/assets/demo_model`).
-
-    Raises:
-        FileNotFoundError: the bundled model is not installed.
-    """
-    path = Path(str(importlib.resources.files("bifit"))) / "assets" / "demo_model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the bundled demo model is not installed (expected {path}/config.json); "
-            "pass --checkpoint with a bifit checkpoint directory or an official .pth file"
-        )
-    return path
-
-
-def checkpoint_short_side(checkpoint: str | os.PathLike[str]) -> int:
-    """The shorter side frames should be resized to for `checkpoint`: the training frames' for a model
-    trained on synthetic clips (its config records them under `demo`), else the official 360."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        demo = read_pretrained_config(path).get("demo")
-        if isinstance(demo, dict) and "frame_size" in demo:
-            return int(min(demo["frame_size"]))
-    return EVAL_SHORT_SIZE
-
-
-def check_expressions(expressions: str | Sequence[str]) -> list[str]:
-    """The expressions as a list, refusing an empty list, non-strings, blank expressions and text that is
-    not UTF-8.
+def check_expressions(expressions: str | Sequence[str], text_encoder: TextEncoder | None = None) -> list[str]:
+    """The expressions as a list, refusing an empty list, non-strings, blank expressions, text that is
+    not UTF-8 and, given the model's `text_encoder`, expressions longer than it accepts.
 
     Raises:
         ExpressionError: naming the first bad expression (counted from 1).
@@ -121,6 +76,15 @@ def check_expressions(expressions: str | Sequence[str]) -> list[str]:
         if not text.strip():
             raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
         check_utf8(text, f"expression {i}")
+    if text_encoder is not None:
+        limit = text_encoder.max_length
+        for i, text in enumerate(expressions, 1):
+            n = len(text_encoder.tokenizer(text)["input_ids"])
+            if n > limit:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                raise ExpressionError(
+                    f"expression {i} ({shown!r}) is {n} tokens long; the text encoder accepts at most {limit}"
+                )
     return expressions
 
 
@@ -141,86 +105,6 @@ def _check_checkpoint_kind(path: Path) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------- frames
-class _FrameSource:
-    """Frames of one video, readable clip by clip as many times as needed.
-
-    `total` is the number of frames kept (after the stride) where it is known before decoding,
-    else None (video files read as a stream).
-    """
-
-    fps: float | None = None
-    total: int | None = None
-
-    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """Yields (uint8 [t, H, W, 3], t frame names); one clip of everything when length is None."""
-        raise NotImplementedError
-
-
-class _ArraySource(_FrameSource):
-    def __init__(self, frames: np.ndarray, names: list[str], fps: float | None) -> None:
-        self.frames, self.names, self.fps, self.total = frames, names, fps, len(names)
-
-    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
-        step = length or len(self.names)
-        for start in range(0, len(self.names), step):
-            yield self.frames[start : start + step], self.names[start : start + step]
-
-
-class _FolderSource(_FrameSource):
-    """Frame files loaded one clip at a time."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files, self.total = files, len(files)
-
-    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
-        step = length or len(self.files)
-        for start in range(0, len(self.files), step):
-            chunk = self.files[start : start + step]
-            yield np.stack([read_image(p).frames[0] for p in chunk]), [p.stem for p in chunk]
-
-
-class _VideoFileSource(_FrameSource):
-    """A video file decoded with PyAV as a stream, keeping every `stride`-th frame."""
-
-    def __init__(self, path: Path, stride: int) -> None:
-        import av
-
-        self.path, self.stride = path, stride
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise ValueError(f"{path} has no video stream")
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.guessed_rate
-                self.fps = float(rate) if rate else None
-                self.total = -(-stream.frames // stride) if stream.frames > 0 else None
-        except av.error.FFmpegError as exc:
-            raise ValueError(f"cannot decode video {path}: {exc}") from None
-
-    def clips(self, length: int | None) -> Iterator[tuple[np.ndarray, list[str]]]:
-        import av
-
-        frames: list[np.ndarray] = []
-        names: list[str] = []
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                for i, frame in enumerate(container.decode(stream)):
-                    if i % self.stride:
-                        continue
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    names.append(f"{i:05d}")
-                    if length is not None and len(frames) == length:
-                        yield np.stack(frames), names
-                        frames, names = [], []
-        except av.error.FFmpegError as exc:
-            raise ValueError(f"cannot decode video {self.path}: {exc}") from None
-        if frames:
-            yield np.stack(frames), names
-
-
 def _as_uint8_video(video: np.ndarray | torch.Tensor) -> np.ndarray:
     array = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
     if array.ndim == 3:
@@ -239,223 +123,12 @@ def _describe(video: VideoInput) -> str:
     return str(video)
 
 
-def _open_frames(video: VideoInput, stride: int, stream: bool) -> _FrameSource:
+def _open_frames(video: VideoInput, stride: int, stream: bool) -> FrameSource:
     """A frame source for a path (video file, frame folder, image) or a uint8 array, with the stride applied."""
     if isinstance(video, (np.ndarray, torch.Tensor)):
         frames = _as_uint8_video(video)[::stride]
-        return _ArraySource(frames, [f"{i:05d}" for i in range(0, stride * len(frames), stride)], None)
-    path = Path(video)
-    if stream and path.is_dir():
-        return _FolderSource(list_frame_files(path)[::stride])
-    if stream and path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        return _VideoFileSource(path, stride)
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        decoded = read_video_file(path)
-    else:
-        decoded = read_frames(path)
-    return _ArraySource(decoded.frames[::stride], decoded.names[::stride], decoded.fps)
-
-
-# ---------------------------------------------------------------------------------------- results
-@dataclass
-class ExpressionResult:
-    """What one expression refers to in every processed frame.
-
-    Attributes:
-        expression: the referring expression.
-        masks: bool [T, H, W] at the original frame size.
-        scores: float32 [T], sigmoid of the chosen query's logit in each frame.
-        boxes: float32 [T, 4], (x1, y1, x2, y2) in pixels of the original frame.
-        queries: int64 [T], the query slot used in each frame (one value for the whole video unless
-            `query_selection="clip"`).
-    """
-
-    expression: str
-    masks: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray
-    queries: np.ndarray
-
-    @property
-    def query(self) -> int:
-        """The query slot of the first frame (the only one with `query_selection="video"`)."""
-        return int(self.queries[0])
-
-
-@dataclass
-class SegmentationResult:
-    """All expressions of one video. Indexing and iterating give the `ExpressionResult`s.
-
-    Attributes:
-        expressions: one result per expression, in the order given.
-        frame_names: T names (file stems for folders, `00000`, ... = frame index for video files).
-        fps: frames per second of the processed frames (stride applied), None for folders/images.
-    """
-
-    expressions: list[ExpressionResult]
-    frame_names: list[str]
-    fps: float | None
-
-    def __len__(self) -> int:
-        return len(self.expressions)
-
-    def __getitem__(self, index: int) -> ExpressionResult:
-        return self.expressions[index]
-
-    def __iter__(self) -> Iterator[ExpressionResult]:
-        return iter(self.expressions)
-
-
-@dataclass
-class FrameResult:
-    """All expressions in one frame, as `VideoSegmentation` hands them out.
-
-    Attributes:
-        index: position among the processed frames.
-        name: the frame's name.
-        frame: uint8 [H, W, 3], the original RGB frame.
-        masks: bool [E, H, W]; scores float32 [E]; boxes float32 [E, 4] (x1, y1, x2, y2 pixels);
-        queries: int64 [E], the query slot used for each expression.
-    """
-
-    index: int
-    name: str
-    frame: np.ndarray
-    masks: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray
-    queries: np.ndarray
-
-
-class _LogitStore:
-    """Per-clip arrays kept in memory, or spilled to a temporary directory to keep memory flat."""
-
-    def __init__(self, spill: bool) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="bifit-logits-") if spill else None
-        self._memory: list[np.ndarray] = []
-        self._count = 0
-
-    def append(self, array: np.ndarray) -> None:
-        if self._tmp is None:
-            self._memory.append(array)
-        else:
-            path = os.path.join(self._tmp.name, f"{self._count}.npy")
-            with writing(path, "write temporary mask logits to"):
-                np.save(path, array)
-        self._count += 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if self._tmp is None:
-            return self._memory[i]
-        path = os.path.join(self._tmp.name, f"{i}.npy")
-        with writing(path, "read temporary mask logits from"):
-            return np.load(path)
-
-    def close(self) -> None:
-        self._memory = []
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-
-class VideoSegmentation:
-    """The model's pass over a video is done; iterate to get a `FrameResult` per frame.
-
-    Only small per-frame data (logits and boxes of every query) are kept in memory; frames and
-    masks are produced one at a time while iterating, so a caller that writes them out as they come
-    keeps memory flat. Iterate once; `close()` (or leaving a `with` block) deletes temporary files.
-
-    Attributes:
-        expressions: the E expressions.
-        num_frames: T, the number of processed frames.
-        frame_size: (H, W) of the original frames.
-        fps: frames per second of the processed frames, None when unknown.
-        queries: int64 [E, T], the query slot chosen for every expression and frame.
-        query_scores: float32 [E, Q], mean over all frames of each query's score (what picks it).
-    """
-
-    def __init__(
-        self,
-        source: _FrameSource,
-        clip_length: int | None,
-        expressions: list[str],
-        frame_size: tuple[int, int],
-        logits: np.ndarray,
-        boxes: np.ndarray,
-        mask_logits: _LogitStore,
-        queries: np.ndarray,
-        query_scores: np.ndarray,
-        threshold: float,
-        fps: float | None,
-    ) -> None:
-        self._source, self._clip_length = source, clip_length
-        self.expressions = expressions
-        self.frame_size = frame_size
-        self._logits, self._boxes, self._mask_logits = logits, boxes, mask_logits
-        self.queries, self.query_scores = queries, query_scores
-        self.threshold = threshold
-        self.fps = fps
-        self.num_frames = logits.shape[1]
-
-    def __iter__(self) -> Iterator[FrameResult]:
-        h, w = self.frame_size
-        e_idx = np.arange(len(self.expressions))
-        scale = np.array([w, h, w, h], dtype=np.float32)
-        t = 0
-        try:
-            for clip_idx, (frames, names) in enumerate(self._source.clips(self._clip_length)):
-                clip_masks = self._mask_logits[clip_idx]  # [E, t, Q, h/4, w/4]
-                for j in range(len(names)):
-                    if t >= self.num_frames:
-                        raise RuntimeError(f"the video yielded more frames on its second read than the {self.num_frames} segmented")
-                    q = self.queries[:, t]
-                    chosen = torch.from_numpy(np.ascontiguousarray(clip_masks[e_idx, j, q]))[None]
-                    up = F.interpolate(chosen, size=(h, w), mode="bilinear", align_corners=False)[0]
-                    scores = 1.0 / (1.0 + np.exp(-self._logits[e_idx, t, q].astype(np.float64)))
-                    yield FrameResult(
-                        index=t,
-                        name=names[j],
-                        frame=frames[j],
-                        masks=(up.sigmoid() > self.threshold).numpy(),
-                        scores=scores.max(-1).astype(np.float32),
-                        boxes=_cxcywh_to_xyxy(self._boxes[e_idx, t, q]) * scale,
-                        queries=q.copy(),
-                    )
-                    t += 1
-        finally:
-            self.close()
-        if t != self.num_frames:
-            raise RuntimeError(f"the video yielded {t} frames on its second read, {self.num_frames} the first time")
-
-    def collect(self) -> SegmentationResult:
-        """Everything in memory: bool masks [T, H, W] per expression (memory grows with T)."""
-        e, t = len(self.expressions), self.num_frames
-        h, w = self.frame_size
-        masks = np.zeros((e, t, h, w), dtype=bool)
-        scores = np.zeros((e, t), dtype=np.float32)
-        boxes = np.zeros((e, t, 4), dtype=np.float32)
-        names: list[str] = []
-        for frame in self:
-            masks[:, frame.index], scores[:, frame.index], boxes[:, frame.index] = frame.masks, frame.scores, frame.boxes
-            names.append(frame.name)
-        results = [
-            ExpressionResult(text, masks[i], scores[i], boxes[i], self.queries[i].copy())
-            for i, text in enumerate(self.expressions)
-        ]
-        return SegmentationResult(results, names, self.fps)
-
-    def close(self) -> None:
-        self._mask_logits.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    cx, cy, w, h = np.moveaxis(boxes.astype(np.float32), -1, 0)
-    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+        return ArraySource(frames, [f"{i:05d}" for i in range(0, stride * len(frames), stride)], None)
+    return open_frame_source(video, stride, stream)
 
 
 # ---------------------------------------------------------------------------------------- segmenter
@@ -481,6 +154,8 @@ class Segmenter:
         query_selection: "video" picks one query slot from the mean score over all frames (the
             official rule for one clip, extended to all clips); "clip" picks one per clip, as the
             official Ref-DAVIS script does.
+        expressions_per_pass: decode at most this many expressions at once on a clip's shared backbone
+            features (bounds memory with many expressions); None: all at once.
     """
 
     def __init__(
@@ -494,9 +169,10 @@ class Segmenter:
         threshold: float = 0.5,
         query_selection: QuerySelection = "video",
         max_long_side: int | None = MAX_LONG_SIDE,
+        expressions_per_pass: int | None = None,
     ) -> None:
-        if clip_length is not None and clip_length < 1:
-            raise ValueError(f"clip_length must be a positive number of frames, got {clip_length}")
+        check_count(clip_length, "clip_length")
+        check_count(expressions_per_pass, "expressions_per_pass")
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         if short_side is not None and short_side < 1:
@@ -516,45 +192,28 @@ class Segmenter:
             _check_checkpoint_kind(path)
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
         self.model = model.eval()
-        self.clip_length = clip_length
-        self.frame_stride = frame_stride
-        self.short_side = short_side
-        self.max_long_side = max_long_side
-        self.threshold = threshold
-        self.query_selection = query_selection
+        # What is read and how it is resized:
+        self.frame_stride, self.short_side, self.max_long_side = frame_stride, short_side, max_long_side
+        # How the model runs over it, and how its outputs become results:
+        self.clip_length, self.expressions_per_pass = clip_length, expressions_per_pass
+        self.query_selection, self.threshold = query_selection, threshold
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     def check_expressions(self, expressions: str | Sequence[str]) -> list[str]:
-        """`check_expressions`, plus each expression must fit the text encoder's maximum length."""
-        expressions = check_expressions(expressions)
-        encoder = self.model.text_encoder
-        limit = encoder.max_length
-        for i, text in enumerate(expressions, 1):
-            n = len(encoder.tokenizer(text)["input_ids"])
-            if n > limit:
-                shown = text if len(text) <= 60 else text[:57] + "..."
-                raise ExpressionError(
-                    f"expression {i} ({shown!r}) is {n} tokens long; the text encoder accepts at most {limit}"
-                )
-        return expressions
+        """`check_expressions` with the model's text encoder: each expression must also fit its maximum length."""
+        return check_expressions(expressions, self.model.text_encoder)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [t, H, W, 3] -> float32 [t, 3, h, w] on the model's device: resized (shorter side
-        `short_side`, PIL bilinear) and ImageNet-normalised.
+        `short_side`, PIL bilinear) and ImageNet-normalised (`bifit.inference.core.preprocess_frames`).
 
         Raises:
             FrameSizeError: the resized frames' longer side exceeds `max_long_side`.
         """
-        height, width = frames.shape[1:3]
-        out_h, out_w = model_input_hw(height, width, self.short_side, self.max_long_side)
-        if (out_h, out_w) != (height, width):
-            frames = np.stack(
-                [np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.Resampling.BILINEAR)) for f in frames]
-            )
-        return normalize_frames(frames).to(self.device)
+        return preprocess_frames(frames, self.short_side, self.max_long_side).to(self.device)
 
     def stream(self, video: VideoInput, expressions: str | Sequence[str], progress: bool = False) -> VideoSegmentation:
         """Run the model over the video; iterate the returned object for per-frame results.
@@ -570,13 +229,11 @@ class Segmenter:
                 for an empty or too long expression; `FrameSizeError` for frames whose model input
                 would exceed `max_long_side`.
         """
-        from tqdm.auto import tqdm
-
         expressions = self.check_expressions(expressions)
         source = _open_frames(video, self.frame_stride, stream=self.clip_length is not None)
-        store = _LogitStore(spill=self.clip_length is not None)
-        logits, boxes, sums = [], [], None
-        clip_queries: list[np.ndarray] = []
+        store = LogitStore(spill=self.clip_length is not None)
+        vote = QueryVote()
+        logits, boxes, clip_queries = [], [], []
         frame_size: tuple[int, int] | None = None
         bar = tqdm(total=source.total, unit="frame", desc="segmenting", disable=not progress)
         try:
@@ -590,10 +247,8 @@ class Segmenter:
                 elif frames.shape[1:3] != frame_size:
                     raise ValueError(f"frames change size within the video: {frame_size} then {frames.shape[1:3]}")
                 out = self._forward(frames, expressions)
-                probs = out["pred_logits"].sigmoid()  # [E, t, Q, K]
-                clip_sum = probs.sum(1)
-                sums = clip_sum if sums is None else sums + clip_sum
-                clip_queries.append(clip_sum.max(-1).values.argmax(-1).numpy())  # [E]
+                vote.add(out["pred_logits"])
+                clip_queries.append(select_queries(out["pred_logits"]).numpy())  # [E]
                 logits.append(out["pred_logits"].numpy())
                 boxes.append(out["pred_boxes"].numpy())
                 store.append(out["pred_masks"].numpy())
@@ -608,17 +263,24 @@ class Segmenter:
             raise ValueError(f"video {video} contains no frames")
         all_logits = np.concatenate(logits, axis=1)  # [E, T, Q, K]
         num_frames = all_logits.shape[1]
-        query_scores = (sums / num_frames).max(-1).values  # [E, Q]
         if self.query_selection == "video":
-            queries = np.repeat(query_scores.argmax(-1).numpy()[:, None], num_frames, axis=1)
+            queries = np.repeat(vote.select().numpy()[:, None], num_frames, axis=1)
         else:
             queries = np.concatenate(
                 [np.repeat(q[:, None], lg.shape[1], axis=1) for q, lg in zip(clip_queries, logits)], axis=1
             )
-        fps = source.fps / self.frame_stride if source.fps else None
         return VideoSegmentation(
-            source, self.clip_length, expressions, frame_size, all_logits, np.concatenate(boxes, axis=1), store,
-            queries.astype(np.int64), query_scores.numpy().astype(np.float32), self.threshold, fps,
+            source=source,
+            clip_length=self.clip_length,
+            expressions=expressions,
+            frame_size=frame_size,
+            logits=all_logits,
+            boxes=np.concatenate(boxes, axis=1),
+            mask_logits=store,
+            queries=queries.astype(np.int64),
+            query_scores=vote.scores().numpy().astype(np.float32),
+            threshold=self.threshold,
+            fps=source.fps / self.frame_stride if source.fps else None,
         )
 
     def segment(self, video: VideoInput, expressions: str | Sequence[str], progress: bool = False) -> SegmentationResult:
@@ -627,11 +289,12 @@ class Segmenter:
             return result.collect()
 
     def _forward(self, frames: np.ndarray, expressions: list[str]) -> dict[str, torch.Tensor]:
-        """One clip, all expressions: the backbone once, then one batched decode.
+        """One clip, all expressions, through the clip core: the backbone once, then batched decoding.
 
-        Returns CPU tensors: pred_logits [E, t, Q, K], pred_boxes [E, t, Q, 4], pred_masks
-        [E, t, Q, h/4, w/4] (B = 1 video, so the padded canvas is the resized frame itself).
+        Returns CPU float32 tensors of every query: pred_logits [E, t, Q, K], pred_boxes [E, t, Q, 4],
+        pred_masks [E, t, Q, h/4, w/4].
         """
-        with torch.inference_mode():
-            out = self.model(self.preprocess(frames)[None], expressions, caption_videos=[0] * len(expressions))
-        return {k: out[k].float().cpu() for k in ("pred_logits", "pred_boxes", "pred_masks")}
+        pred = segment_clip(self.model, self.preprocess(frames), expressions, self.expressions_per_pass,
+                            keep_all_queries=True)
+        return {"pred_logits": pred.logits.float().cpu(), "pred_boxes": pred.boxes.float().cpu(),
+                "pred_masks": pred.all_mask_logits.float().cpu()}

@@ -37,15 +37,8 @@ from bifit.data.names import inside
 from bifit.data.video import open_image
 from bifit.data.ytvos import EvalVideo, read_id_map
 from bifit.evaluation import contour_accuracy, region_similarity
-from bifit.inference.benchmarks import (
-    EVAL_SHORT_SIZE,
-    MAX_LONG_SIDE,
-    clip_ranges,
-    load_frames,
-    save_mask_png,
-    segment_clip,
-    upsample_logits,
-)
+from bifit.inference.core import EVAL_SHORT_SIZE, MASK_THRESHOLD, MAX_LONG_SIDE, masks_from_logits
+from bifit.inference.protocols import predict_clips, save_mask_png
 from bifit.modeling.bifit import BifitModel
 from bifit.outputs import make_dirs, write_text, writing
 
@@ -57,9 +50,6 @@ __all__ = [
     "write_submission_zip",
     "write_ytvos_results",
 ]
-
-#: Threshold on the mask probability (official ``--threshold`` default).
-MASK_THRESHOLD = 0.5
 
 
 def predict_ytvos(
@@ -80,11 +70,8 @@ def predict_ytvos(
         model: the model in eval mode.
         videos: videos to predict (e.g. ``ytvos_valid_videos(root)`` or a rank's share of them).
         split_dir: output folder, e.g. ``<output>/valid``.
-        short_side: shorter side of the model input (official 360).
-        clip_length: frames per clip; ``None`` = the whole video (official).
-        expressions_per_pass: expressions decoded at once on the shared backbone features.
-        max_long_side: refuse frames whose resized longer side exceeds this many pixels (``None``: no
-            limit; never changes a result).
+        short_side, clip_length, expressions_per_pass, max_long_side: as
+            :func:`bifit.inference.protocols.predict_clips` (official: 360, the whole video, any, any).
         progress: show a progress bar over videos.
         desc: progress bar label.
 
@@ -96,12 +83,13 @@ def predict_ytvos(
     for video in tqdm(videos, desc=desc, unit="video", disable=not progress):
         if not video.expressions:
             continue
-        captions = [e.text for e in video.expressions]
-        for clip in clip_ranges(len(video.frame_names), clip_length):
-            frames, size = load_frames([video.frame_paths[t] for t in clip], short_side, max_long_side=max_long_side)
-            pred = segment_clip(model, frames, captions, expressions_per_pass)
+        clips = predict_clips(
+            model, video, short_side=short_side, clip_length=clip_length,
+            expressions_per_pass=expressions_per_pass, max_long_side=max_long_side,
+        )
+        for clip, size, pred in clips:
             for e, expression in enumerate(video.expressions):
-                masks = (upsample_logits(pred.mask_logits[e], size).sigmoid() > MASK_THRESHOLD).cpu().numpy()
+                masks = masks_from_logits(pred.mask_logits[e], size, MASK_THRESHOLD).cpu().numpy()
                 folder = inside(split_dir, split_dir / video.video / expression.exp_id)
                 make_dirs(folder)
                 for t, mask in zip(clip, masks, strict=True):

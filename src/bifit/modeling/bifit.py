@@ -235,7 +235,7 @@ class BifitModel(nn.Module):
         return words, word_mask, sine_position_1d(word_mask, self.config.hidden_dim).to(words.dtype)
 
     # ------------------------------------------------------------------ the rest
-    def decode(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
+    def predict_from_features(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
         """Everything after the pixels: BVLI, transformer with IFI, heads, FPN and mask head."""
         b, t = visual.batch_size, visual.num_frames
         if len(captions) != b:
@@ -321,4 +321,4 @@ class BifitModel(nn.Module):
             if len(caption_videos) != len(captions):
                 raise ValueError(f"got {len(captions)} captions but {len(caption_videos)} caption_videos entries")
             visual = visual.select(caption_videos)
-        return self.decode(visual, captions)
+        return self.predict_from_features(visual, captions)
