@@ -77,7 +77,7 @@ def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") ->
     (whose parent holds `train_config.json`)."""
     from ..assets import demo_info, load_demo_model
     from ..devices import resolve_device
-    from ..modeling.checkpoint import load_pretrained
+    from ..modeling.checkpoint import is_demo_bundle, load_pretrained
 
     device = resolve_device(device)
     if checkpoint is None or is_demo_bundle(checkpoint):
@@ -97,14 +97,6 @@ def load_model_for_demo(checkpoint: Path | None, device: str | None = "auto") ->
     model = load_pretrained(checkpoint, device)
     height, width = run["synthetic_size"]
     return model, (int(height), int(width))
-
-
-def is_demo_bundle(directory: Path) -> bool:
-    """Whether `directory` holds a demo bundle (text encoder weights kept outside, see `bifit.assets`)."""
-    try:
-        return json.loads((directory / "config.json").read_text()).get("text_encoder_weights") == "external"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def pick_expressions(clip: SyntheticClip, rng: np.random.Generator) -> list[tuple[int, str]]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib.resources
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from ..data.video import (
 )
 from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
+from ..modeling.checkpoint import check_checkpoint_kind, load_model, read_pretrained_config
 from ..modeling.text_encoder import ExpressionError, check_utf8
 from ..outputs import writing
 
@@ -122,23 +121,6 @@ def check_expressions(expressions: str | Sequence[str]) -> list[str]:
             raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
         check_utf8(text, f"expression {i}")
     return expressions
-
-
-def _check_checkpoint_kind(path: Path) -> None:
-    """Refuse files that are no checkpoint at all before trying to unpickle them."""
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        return  # load_pretrained names what a directory lacks
-    if path.suffix == ".safetensors" or path.name == "config.json":
-        raise CheckpointError(f"{path} is one file of a bifit checkpoint; pass the directory that holds it")
-    with open(path, "rb") as f:
-        pickled = f.read(1) == b"\x80"  # legacy torch.save files start with a pickle protocol marker
-    if not (pickled or zipfile.is_zipfile(path)):
-        raise CheckpointError(
-            f"{path} is not a checkpoint: expected a bifit checkpoint directory (config.json + model.safetensors) "
-            "or an official BIFIT .pth file"
-        )
 
 
 # ---------------------------------------------------------------------------------------- frames
@@ -513,7 +495,7 @@ class Segmenter:
             # Resolved before anything is read, so that a bad device fails at once.
             resolved = resolve_device(device)
             path = Path(checkpoint_or_model)
-            _check_checkpoint_kind(path)
+            check_checkpoint_kind(path)
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
         self.model = model.eval()
         self.clip_length = clip_length

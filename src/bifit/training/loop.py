@@ -6,7 +6,7 @@
 - `train_config.json`: the full `TrainingConfig`;
 - `metrics.jsonl`: one JSON object per logged optimiser step (`step`, `epoch`, `lr`, `loss`, every
   loss term, `grad_norm`, `clips_per_s`, `time`), averaged over ranks;
-- `checkpoints/checkpoint-<step>.pt`: training state to resume from (see `checkpointing`);
+- `checkpoints/checkpoint-<step>.pt`: training state to resume from (see `bifit.training.state`);
 - `final/`: the trained model (`bifit.save_pretrained`), loadable with `bifit.load_pretrained`;
 - `tensorboard/`: the same scalars, when TensorBoard is installed.
 
@@ -35,12 +35,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..data.collate import collate_expressions
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import remove_save_leftovers, save_pretrained
+from ..modeling.checkpoint import load_backbone_weights, load_init_checkpoint, remove_save_leftovers, save_pretrained
 from ..modeling.text_encoder import TextEncoder
-from .checkpointing import (
+from .state import (
     capture_rng_state,
-    load_backbone_weights,
-    load_init_checkpoint,
     load_latest_checkpoint,
     remove_checkpoint_temporaries,
     restore_rng_state,
