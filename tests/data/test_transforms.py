@@ -141,6 +141,18 @@ def test_hsv_round_trip_matches_opencv():
     np.testing.assert_allclose(T._hsv_to_bgr(hsv), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR), atol=1e-2)
 
 
+def test_hsv_conversions_are_opencvs_to_the_bit_on_views_and_out_of_range_values():
+    # The official distortion calls OpenCV's float conversions; ours must give its exact floats, also for
+    # the non-contiguous arrays that slicing makes and for values the brightness step pushed out of [0, 255].
+    cv2 = pytest.importorskip("cv2")
+    img = np.random.default_rng(2).uniform(-40, 300, (24, 64, 3)).astype(np.float32)[:, ::2]
+    img[3, :, 1] = img[3, :, 0]  # ties between channels pick the hue formula by channel order
+    hsv = T._bgr_to_hsv(img)
+    np.testing.assert_array_equal(hsv, cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV))
+    hsv[..., 1] *= np.float32(1.4)
+    np.testing.assert_array_equal(T._hsv_to_bgr(hsv), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
+
+
 def test_photometric_distort_is_seeded_and_changes_pixels():
     img = _clip(1)[0]
     a = T.photometric_distort(img, np.random.default_rng(3))

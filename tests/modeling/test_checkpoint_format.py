@@ -96,3 +96,30 @@ def test_overwrite_replaces_a_link_as_a_link(model, tmp_path):
     bifit.save_pretrained(model, tmp_path / "link", overwrite=True, weights="int8-per-channel")
     assert not (tmp_path / "link").is_symlink()
     assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.is_file()} == before
+
+
+def test_demo_bundles_are_recognised_by_their_external_text_encoder(model, tmp_path):
+    from bifit.modeling.checkpoint import is_demo_bundle
+
+    assert is_demo_bundle(bifit.save_pretrained(model, tmp_path / "bundle", text_encoder_weights="external"))
+    assert not is_demo_bundle(bifit.save_pretrained(model, tmp_path / "stored"))
+    assert not is_demo_bundle(tmp_path / "missing")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "config.json").write_text('["not", "an", "object"]')
+    assert not is_demo_bundle(tmp_path / "torn")
+
+
+def test_what_is_no_checkpoint_is_refused_before_unpickling(model, tmp_path):
+    from bifit.modeling.checkpoint import CheckpointError, atomic_save, check_checkpoint_kind
+
+    directory = bifit.save_pretrained(model, tmp_path / "ckpt")
+    check_checkpoint_kind(directory)
+    check_checkpoint_kind(atomic_save({"model": {}}, tmp_path / "weights.pth"))
+    for part in ("model.safetensors", "config.json"):
+        with pytest.raises(CheckpointError, match="is one file of a bifit checkpoint"):
+            check_checkpoint_kind(directory / part)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
+        check_checkpoint_kind(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        check_checkpoint_kind(tmp_path / "missing.pth")

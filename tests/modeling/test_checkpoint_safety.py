@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 import bifit
 import bifit.modeling.checkpoint as checkpoint_module
 from bifit.config import BifitConfig
-from bifit.modeling.checkpoint import CheckpointError, read_official_state_dict, read_torch_file
-from bifit.training.checkpointing import load_backbone_weights, load_training_checkpoint
+from bifit.modeling.checkpoint import CheckpointError, load_backbone_weights, read_official_state_dict, read_torch_file
+from bifit.training.state import load_training_checkpoint
 
 SRC = Path(bifit.__file__).resolve().parents[1]
 

@@ -199,7 +199,7 @@ def test_random_bytes_are_called_corrupt_in_one_line(tmp_path):
 def test_fine_tuning_starts_from_an_official_checkpoint(model, reference, tmp_path):
     """`--init-checkpoint x.pth`: every tensor but the class head comes from the official file; a
     ReferFormer checkpoint (no BVLI, no IFI) leaves those modules as they were."""
-    from bifit.training.checkpointing import load_init_checkpoint
+    from bifit.modeling.checkpoint import load_init_checkpoint
 
     fresh = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(3)

@@ -15,7 +15,7 @@ from bifit.training.backbone_pretraining import (
     attribute_labels,
     pretrain_backbone,
 )
-from bifit.training.checkpointing import atomic_save, load_backbone_weights
+from bifit.modeling.checkpoint import atomic_save, load_backbone_weights
 
 
 def test_labels_give_every_visible_pixel_its_objects_attributes():

@@ -26,6 +26,24 @@ def test_focal_without_alpha_and_gamma_is_bce() -> None:
     torch.testing.assert_close(sigmoid_focal_loss(x, y, alpha=-1, gamma=0), bce)
 
 
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.5, 1.5), (-1, 0.0)])
+def test_focal_is_the_official_formula_to_the_bit(alpha: float, gamma: float) -> None:
+    # The official criterion's operations in its order (ReferFormer `segmentation.sigmoid_focal_loss`
+    # before its reduction): the library function must give the same float32 bits, gradients too.
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, 4096, generator=generator) * 10).requires_grad_(True)
+    y = (torch.rand(3, 5, 4096, generator=generator) > 0.7).float()
+    prob = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = prob * y + (1 - prob) * (1 - y)
+    official = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        official = (alpha * y + (1 - alpha) * (1 - y)) * official
+    ours = sigmoid_focal_loss(x, y, alpha, gamma)
+    assert torch.equal(ours, official)
+    assert torch.equal(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(official.sum(), x)[0])
+
+
 def test_focal_saturated_logits_stay_finite_with_finite_gradients() -> None:
     x = torch.tensor([100.0, -100.0, 100.0, -100.0], requires_grad=True)
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])

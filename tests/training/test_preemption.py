@@ -23,7 +23,7 @@ import bifit.training.loop as loop_module
 from bifit.cli import EXIT_TRAINING_STOPPED, build_parser
 from bifit.commands.train import build_config
 from bifit.training import TrainingConfig, TrainingInterrupted, train
-from bifit.training.checkpointing import list_checkpoints, load_training_checkpoint
+from bifit.training.state import list_checkpoints, load_training_checkpoint
 
 SRC = Path(bifit.__file__).resolve().parents[1]
 

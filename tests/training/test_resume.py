@@ -14,14 +14,11 @@ import torchvision
 from safetensors.torch import load_file
 
 import bifit
-from bifit.modeling.checkpoint import CheckpointError
+from bifit.modeling.checkpoint import CheckpointError, atomic_save, load_backbone_weights, load_init_checkpoint
 from bifit.training import TrainingConfig, train
-from bifit.training.checkpointing import (
-    atomic_save,
+from bifit.training.state import (
     capture_rng_state,
     list_checkpoints,
-    load_backbone_weights,
-    load_init_checkpoint,
     load_latest_checkpoint,
     restore_rng_state,
     save_training_checkpoint,

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import bifit
 from bifit.cli import main
 from bifit.modeling.checkpoint import remove_save_leftovers
-from bifit.training.checkpointing import (
+from bifit.training.state import (
     CHECKPOINT_PATTERN,
     list_checkpoints,
     load_training_checkpoint,
@@ -194,7 +194,6 @@ def test_a_read_only_output_location_is_one_line(tiny_bert, tmp_path, capsys, mo
     # Root ignores permissions: the refusal of a read-only file system is raised where bifit creates
     # a file, as the system raises it (with the file's name).
     import bifit.modeling.checkpoint as checkpoint_module
-    import bifit.training.checkpointing as checkpointing
 
     def refuse(name: str):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
@@ -206,7 +205,7 @@ def test_a_read_only_output_location_is_one_line(tiny_bert, tmp_path, capsys, mo
                             else real_write(self, *a, **k))
         expected = run / where
     elif where == "checkpoint":
-        monkeypatch.setattr(checkpointing.tempfile, "mkstemp", lambda prefix, suffix, dir: refuse(f"{dir}/{prefix}x{suffix}"))
+        monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", lambda prefix, suffix, dir: refuse(f"{dir}/{prefix}x{suffix}"))
         expected = run / "checkpoints" / ".checkpoint-00000001.pt.x.tmp"
     else:
         monkeypatch.setattr(checkpoint_module.tempfile, "mkdtemp", lambda prefix, dir: refuse(f"{dir}/{prefix}x"))

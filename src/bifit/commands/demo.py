@@ -64,12 +64,6 @@ class ExpressionScore:
         return (self.j + self.f) / 2.0
 
 
-def is_demo_bundle(directory: Path) -> bool:
-    """Whether `directory` holds a demo bundle (text encoder weights kept outside, see `bifit.assets`)."""
-    try:
-        return json.loads((directory / "config.json").read_text()).get("text_encoder_weights") == "external"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def pick_expressions(clip: SyntheticClip, rng: np.random.Generator) -> list[tuple[int, str]]:
@@ -146,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import mean_j_and_f
     from ..inference.predictor import Segmenter
     from ..inference.visualize import GifWriter, Mp4Writer, color_palette, display_scale, render_overlay
+    from ..modeling.checkpoint import is_demo_bundle
 
     if args.clips < 1:
         raise ValueError(f"--clips must be at least 1, got {args.clips}")

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..devices import resolve_device
+    from ..modeling.checkpoint import atomic_save
     from ..training.backbone_pretraining import pretrain_backbone
-    from ..training.checkpointing import atomic_save
     from ..training.config import BackbonePretrainingConfig, get_training_preset
 
     output: Path = args.output

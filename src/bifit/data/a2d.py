@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from bifit.data.names import safe_name
 from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_eval_transforms, make_train_transforms
 from bifit.data.video import VideoFrameCache
-from bifit.data.ytvos import MAX_RESAMPLES, clean_caption, load_json, sample_train_indices
+from bifit.data.ytvos import ResampledClips, clean_caption, load_json, sample_train_indices
 
 Subset = Literal["train", "test"]
 _SUBSET_CODES = {"train": 0, "test": 1}
@@ -174,7 +173,7 @@ def save_a2d_samples(samples: Sequence[A2DSample], path: str | os.PathLike[str])
     Path(path).write_text(json.dumps([[s.query, s.video_id, s.frame_idx, s.instance_id] for s in samples]))
 
 
-class A2DSentencesDataset(Dataset):
+class A2DSentencesDataset(ResampledClips):
     """A2D-Sentences clips with the target of their annotated frame.
 
     Args:
@@ -227,29 +226,11 @@ class A2DSentencesDataset(Dataset):
         self.videos_dir = self.root / "Release" / "clips320H"
         self.masks_dir = self.root / "text_annotations" / "a2d_annotation_with_instances"
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws ``__getitem__`` makes."""
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        return self.get_item(index, np.random.default_rng((self.seed, self.epoch, index)))
-
-    def get_item(self, index: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
-        """Sample ``index`` with all random draws from ``rng``.
-
-        When training, a clip whose object is invalid after the transforms is replaced by another
-        random sample (as officially); in evaluation the sample is always returned as is (the
-        official loop would silently evaluate a different sample).
-        """
-        for _ in range(MAX_RESAMPLES):
-            video, target = self._load(self.samples[index], rng)
-            if self.subset == "test" or bool((target["valid"] == 1).any()):
-                return video, target
-            index = int(rng.integers(len(self.samples)))
-        raise RuntimeError(f"no clip with a visible object after {MAX_RESAMPLES} draws; check the annotations")
+    @property
+    def resamples(self) -> bool:
+        # In evaluation the sample is always returned as is: the official loop would silently evaluate a
+        # different sample.
+        return self.subset == "train"
 
     def _load(self, sample: A2DSample, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
         video_path = self.videos_dir / f"{sample.video_id}.mp4"
@@ -270,20 +251,47 @@ class A2DSentencesDataset(Dataset):
                 f"instance {sample.instance_id} not annotated in frame {sample.frame_idx} of {sample.video_id}"
             )
         mask = torch.from_numpy(masks[instances.index(sample.instance_id)])[None]
-        height, width = mask.shape[-2:]
-        if images[0].size != (width, height):
-            raise ValueError(f"{sample.video_id}: frame size {images[0].size} != mask size {(width, height)}")
-        boxes, valid = boxes_from_masks(mask)
-        target = {
-            "frames_idx": torch.tensor(indices, dtype=torch.int64),
-            "valid_indices": torch.tensor([indices.index(frame_id)]),
-            "labels": torch.zeros(1, dtype=torch.int64),
-            "boxes": boxes,
-            "masks": mask,
-            "valid": valid,
-            "caption": clean_caption(sample.query),
-            "orig_size": torch.tensor([height, width]),
-            "size": torch.tensor([height, width]),
-            "image_id": a2d_image_id(sample.video_id, sample.frame_idx, sample.instance_id),
-        }
+        image_id = a2d_image_id(sample.video_id, sample.frame_idx, sample.instance_id)
+        target = one_frame_target(images, mask, indices, frame_id, sample.query, image_id, sample.video_id)
         return self.transforms(images, target, rng)
+
+
+def one_frame_target(
+    images: Sequence[Image.Image],
+    mask: Tensor,
+    indices: Sequence[int],
+    annotated: int,
+    query: str,
+    image_id: str,
+    video_id: str,
+) -> dict[str, Any]:
+    """The target of a clip of which one frame is annotated (A2D- and JHMDB-Sentences, official format).
+
+    Args:
+        images: the clip's T frames.
+        mask: bool [1, H, W], the referred object in the annotated frame (the frames' size).
+        indices: the T frame numbers of the clip; `annotated` is one of them.
+        query: the referring expression (cleaned here as the official loaders clean it).
+    Returns:
+        ``frames_idx`` int64 [T], ``valid_indices`` int64 [1], ``labels`` int64 [1] (0), ``boxes``
+        float32 [1, 4] normalised cxcywh, ``masks`` [1, H, W], ``valid`` int32 [1], ``caption``,
+        ``orig_size`` / ``size`` int64 [2], ``image_id``.
+    Raises:
+        ValueError: the frames and the mask differ in size.
+    """
+    height, width = mask.shape[-2:]
+    if images[0].size != (width, height):
+        raise ValueError(f"{video_id}: frame size {images[0].size} != mask size {(width, height)}")
+    boxes, valid = boxes_from_masks(mask)
+    return {
+        "frames_idx": torch.tensor(indices, dtype=torch.int64),
+        "valid_indices": torch.tensor([indices.index(annotated)]),
+        "labels": torch.zeros(1, dtype=torch.int64),
+        "boxes": boxes,
+        "masks": mask,
+        "valid": valid,
+        "caption": clean_caption(query),
+        "orig_size": torch.tensor([height, width]),
+        "size": torch.tensor([height, width]),
+        "image_id": image_id,
+    }

@@ -29,12 +29,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bifit.data.a2d import centered_window
+from bifit.data.a2d import centered_window, one_frame_target
 from bifit.data.names import UnsafeNameError, safe_name
-from bifit.data.targets import boxes_from_masks
 from bifit.data.transforms import Transform, make_eval_transforms
 from bifit.data.video import open_rgb
-from bifit.data.ytvos import clean_caption, load_json
+from bifit.data.ytvos import load_json
 
 METADATA_FILE = "jhmdb_sentences_samples_metadata.json"
 FRAMES_PER_EXPRESSION = 3
@@ -196,20 +195,6 @@ class JHMDBSentencesDataset(Dataset):
         if not 1 <= sample.frame_idx <= len(all_masks):
             raise ValueError(f"{sample.masks_path} has {len(all_masks)} masks; frame {sample.frame_idx} has none")
         mask = torch.from_numpy(np.ascontiguousarray(all_masks[sample.frame_idx - 1]))[None]
-        height, width = mask.shape[-2:]
-        if images[0].size != (width, height):
-            raise ValueError(f"{sample.video_id}: frame size {images[0].size} != mask size {(width, height)}")
-        boxes, valid = boxes_from_masks(mask)
-        target = {
-            "frames_idx": torch.tensor(indices, dtype=torch.int64),
-            "valid_indices": torch.tensor([indices.index(sample.frame_idx)]),
-            "labels": torch.zeros(1, dtype=torch.int64),
-            "boxes": boxes,
-            "masks": mask,
-            "valid": valid,
-            "caption": clean_caption(sample.query),
-            "orig_size": torch.tensor([height, width]),
-            "size": torch.tensor([height, width]),
-            "image_id": jhmdb_image_id(sample.video_id, sample.frame_idx),
-        }
+        image_id = jhmdb_image_id(sample.video_id, sample.frame_idx)
+        target = one_frame_target(images, mask, indices, sample.frame_idx, sample.query, image_id, sample.video_id)
         return self.transforms(images, target, rng)

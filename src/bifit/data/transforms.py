@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -129,38 +130,19 @@ def check_valid(target: Target) -> Target:
 
 
 # --- photometric distortion -------------------------------------------------------------------
-# The official distortion converts with OpenCV's float "BGR"<->HSV on frames that are really RGB,
-# so channel 2 plays the part of red. These two functions reproduce OpenCV's float32 formulas
-# (H in degrees, S = (V - min) / |V|, no clipping), which matter because values can leave [0, 255]
-# between steps.
-_FLT_EPSILON = np.float32(np.finfo(np.float32).eps)
-_SECTORS = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
+# The official distortion converts with OpenCV's float32 "BGR"<->HSV (H in degrees, S = (V - min) / |V|,
+# no clipping, which matters because values can leave [0, 255] between steps) on frames that are
+# really RGB, so channel 2 plays the part of red. The same OpenCV calls are made here.
 
 
 def _bgr_to_hsv(img: np.ndarray) -> np.ndarray:
-    b, g, r = img[..., 0], img[..., 1], img[..., 2]
-    v = np.maximum(np.maximum(r, g), b)
-    vmin = np.minimum(np.minimum(r, g), b)
-    diff = v - vmin
-    s = diff / (np.abs(v) + _FLT_EPSILON)
-    scale = np.float32(60.0) / (diff + _FLT_EPSILON)
-    h = np.where(v == r, (g - b) * scale, np.where(v == g, (b - r) * scale + 120.0, (r - g) * scale + 240.0))
-    h = np.where(h < 0, h + 360.0, h)
-    return np.stack([h, s, v], axis=-1).astype(np.float32)
+    """float32 [H, W, 3] "BGR" -> float32 [H, W, 3] HSV, as `cv2.cvtColor(img, cv2.COLOR_BGR2HSV)`."""
+    return cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_BGR2HSV)
 
 
 def _hsv_to_bgr(img: np.ndarray) -> np.ndarray:
-    h, s, v = img[..., 0] / np.float32(60.0), img[..., 1], img[..., 2]
-    h = np.mod(h, np.float32(6.0))
-    sector = np.floor(h)
-    frac = h - sector
-    bad = ~((sector >= 0) & (sector < 6))
-    sector = np.where(bad, 0, sector).astype(np.int64)
-    frac = np.where(bad, 0, frac)
-    tab = np.stack([v, v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac))], axis=0)
-    idx = _SECTORS[sector]  # [H, W, 3]: which tab entry feeds b, g, r
-    out = np.take_along_axis(tab, np.moveaxis(idx, -1, 0), axis=0)
-    return np.moveaxis(out, 0, -1).astype(np.float32)
+    """float32 [H, W, 3] HSV -> float32 [H, W, 3] "BGR", as `cv2.cvtColor(img, cv2.COLOR_HSV2BGR)`."""
+    return cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_HSV2BGR)
 
 
 _CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))

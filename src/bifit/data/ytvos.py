@@ -140,6 +140,46 @@ def category_ids(meta_files: Sequence[Path]) -> dict[str, int]:
     return {name: i for i, name in enumerate(sorted(names))}
 
 
+class ResampledClips(Dataset):
+    """A dataset whose item ``index`` of an epoch is drawn from ``(seed, epoch, index)`` alone, whichever
+    worker or process reads it; where ``resamples`` holds, an item whose clip shows no valid object after
+    the transforms is replaced by another random one, as the official training loaders do.
+
+    Subclasses set ``samples``, ``seed`` and ``epoch`` and define ``_load(sample, rng)`` ->
+    ``(video, target)``.
+    """
+
+    samples: Sequence[Any]
+    seed: int
+    epoch: int
+
+    @property
+    def resamples(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` makes."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        return self.get_item(index, np.random.default_rng((self.seed, self.epoch, index)))
+
+    def get_item(self, index: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
+        """Sample ``index`` with all random draws from ``rng`` (see the class docstring)."""
+        for _ in range(MAX_RESAMPLES):
+            video, target = self._load(self.samples[index], rng)
+            if not self.resamples or bool((target["valid"] == 1).any()):
+                return video, target
+            index = int(rng.integers(len(self.samples)))
+        raise RuntimeError(f"no clip with a visible object after {MAX_RESAMPLES} draws; check the annotations")
+
+    def _load(self, sample: Any, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class ClipSample:
     """One training sample: an expression of a video and the clip's anchor frame."""
@@ -152,7 +192,7 @@ class ClipSample:
     frame_id: int
 
 
-class RefVOSDataset(Dataset):
+class RefVOSDataset(ResampledClips):
     """Training clips of a Ref-YouTube-VOS-layout split (Ref-YouTube-VOS, converted Ref-DAVIS17).
 
     Args:
@@ -225,25 +265,6 @@ class RefVOSDataset(Dataset):
                         ClipSample(video, exp["exp"], int(obj_key), objects[obj_key]["category"], frames, frame_id)
                     )
         return samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws ``__getitem__`` makes."""
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        return self.get_item(index, np.random.default_rng((self.seed, self.epoch, index)))
-
-    def get_item(self, index: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
-        """Sample ``index`` with all random draws from ``rng`` (see the class docstring)."""
-        for _ in range(MAX_RESAMPLES):
-            video, target = self._load(self.samples[index], rng)
-            if bool((target["valid"] == 1).any()):
-                return video, target
-            index = int(rng.integers(len(self.samples)))
-        raise RuntimeError(f"no clip with a visible object after {MAX_RESAMPLES} draws; check the annotations")
 
     def _load(self, sample: ClipSample, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
         indices = sample_train_indices(sample.frame_id, len(sample.frames), self.num_frames, self.max_skip, rng)

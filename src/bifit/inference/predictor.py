@@ -32,7 +32,6 @@ known) go to a temporary directory, not to RAM.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +44,7 @@ from ..data.frame_sizes import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, m
 from ..data.video import ArraySource, FrameSource, open_frame_source
 from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import CheckpointError, load_model
+from ..modeling.checkpoint import check_checkpoint_kind, load_model
 from ..modeling.text_encoder import ExpressionError, check_utf8
 from .core import QuerySelection, QueryVote, check_count, preprocess_frames, segment_clip, select_queries
 from .results import LogitStore, SegmentationResult, VideoSegmentation
@@ -88,21 +87,6 @@ def check_expressions(expressions: str | Sequence[str], text_encoder: TextEncode
     return expressions
 
 
-def _check_checkpoint_kind(path: Path) -> None:
-    """Refuse files that are no checkpoint at all before trying to unpickle them."""
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        return  # load_pretrained names what a directory lacks
-    if path.suffix == ".safetensors" or path.name == "config.json":
-        raise CheckpointError(f"{path} is one file of a bifit checkpoint; pass the directory that holds it")
-    with open(path, "rb") as f:
-        pickled = f.read(1) == b"\x80"  # legacy torch.save files start with a pickle protocol marker
-    if not (pickled or zipfile.is_zipfile(path)):
-        raise CheckpointError(
-            f"{path} is not a checkpoint: expected a bifit checkpoint directory (config.json + model.safetensors) "
-            "or an official BIFIT .pth file"
-        )
 
 
 def _as_uint8_video(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -189,7 +173,7 @@ class Segmenter:
             # Resolved before anything is read, so that a bad device fails at once.
             resolved = resolve_device(device)
             path = Path(checkpoint_or_model)
-            _check_checkpoint_kind(path)
+            check_checkpoint_kind(path)
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
         self.model = model.eval()
         # What is read and how it is resized:

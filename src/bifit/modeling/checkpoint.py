@@ -1,5 +1,7 @@
-"""Checkpoints: the official `.pth` files through one explicit key map, and our own format
-(safetensors weights + JSON config + the text encoder's tokenizer and config beside them)."""
+"""The one reader of weight files: official `.pth` checkpoints through one explicit key map, our own
+format (safetensors weights + JSON config + the text encoder's tokenizer and config beside them),
+torchvision backbone state dicts and initial weights for fine-tuning; telling these kinds apart; and
+writing `torch.save` files atomically. Everything `torch.save` wrote is read with `weights_only=True`."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,20 @@ import torch
 
 from ..config import BifitConfig, get_preset
 from ..devices import resolve_device
+from torch import nn
+
 from .bifit import BifitModel
 from .text_encoder import TextEncoder, load_text_encoder_config
 
 __all__ = [
     "CheckpointError",
+    "atomic_save",
+    "check_checkpoint_kind",
     "check_finite",
+    "is_demo_bundle",
+    "load_backbone_weights",
+    "load_init_checkpoint",
+    "remove_atomic_save_temporaries",
     "official_key_to_bifit",
     "convert_official_state_dict",
     "read_official_state_dict",
@@ -70,9 +81,12 @@ _KEY_RULES: list[tuple[str, str]] = [
         r"\1ffn.\2",
     ),
 ]
-# Official keys that carry no information of their own.
+# Official keys that carry no information of their own: the shared box head is listed twice (its
+# twin under `bbox_embed.` holds the same tensors), and older transformers versions saved index
+# buffers of the text encoder.
 _SHARED_BOX_HEAD = re.compile(r"^transformer\.decoder\.bbox_embed\.")
 _TEXT_BUFFERS = re.compile(r"^text_encoder\.embeddings\.(position_ids|token_type_ids)$")
+_TEXT_BUFFER_SUFFIXES = ("position_ids", "token_type_ids")
 
 
 def official_key_to_bifit(key: str) -> str:
@@ -106,7 +120,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor], model: Bifi
         new_key = official_key_to_bifit(key)
         if new_key not in expected:
             if _TEXT_BUFFERS.match(key):
-                continue  # Older transformers versions saved these index buffers; they hold no weights.
+                continue
             unexpected.append(key)
             continue
         if tuple(value.shape) != tuple(expected[new_key].shape):
@@ -187,6 +201,70 @@ def _refusal_message(path: Path) -> str:
     )
 
 
+_ATOMIC_SUFFIX = ".tmp"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj)` to `path` through a fsynced temporary file and an atomic rename.
+
+    The temporary is `tempfile.mkstemp`'s `.<name>.<8 random characters>.tmp` beside `path`; a
+    process killed mid-write leaves it (see `remove_atomic_save_temporaries`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_ATOMIC_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # Writes through a file handle (a full disk) do not say which file failed; name the target.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def remove_atomic_save_temporaries(directory: str | Path, name_pattern: str) -> list[Path]:
+    """Delete the temporaries that `atomic_save` calls killed mid-write left in `directory`.
+
+    Only plain files (never links) named exactly as `atomic_save` names the temporary of a target
+    whose name fully matches the regular expression `name_pattern` are removed
+    (`.<name>.<8 characters>.tmp`); call it only where no save is under way.
+
+    Returns:
+        the files removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = re.compile(rf"\.(?:{name_pattern})\.[a-z0-9_]{{8}}{re.escape(_ATOMIC_SUFFIX)}")
+    removed = []
+    for path in directory.iterdir():
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _is_finite(value: torch.Tensor) -> bool:
     # A sum with a NaN or infinite element is NaN or infinite, so a finite sum proves every element
     # finite at a fifth of the cost of an element-wise check, which is left for sums that are not.
@@ -202,18 +280,69 @@ def check_finite(state: dict[str, torch.Tensor], source: str | Path) -> None:
         )
 
 
+def _state_dict_in(data: Any, path: Path, error: str, allow_empty: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict held by what `torch.load` read from `path`: the dict itself or its `"model"`
+    entry (the official and torchvision-reference layout), every value a finite tensor, with the
+    `module.` prefix that `DistributedDataParallel` adds taken off.
+
+    Raises:
+        CheckpointError: `f"{path} {error}"` when there is no such dict; naming the bad tensors when
+            some hold NaN or infinity.
+    """
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if (
+        not isinstance(data, dict)
+        or not (data or allow_empty)
+        or not all(isinstance(v, torch.Tensor) for v in data.values())
+    ):
+        raise CheckpointError(f"{path} {error}")
+    check_finite(data, path)
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official BIFIT `.pth` (`{"model": state_dict, ...}`), read without unpickling code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     data = read_torch_file(path, "PyTorch checkpoint", safe_globals=_OFFICIAL_SAFE_GLOBALS)
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} holds no state dict (expected a dict with a 'model' entry of tensors)")
-    check_finite(data, path)
-    return {k.removeprefix("module."): v for k, v in data.items()}
+    return _state_dict_in(data, path, "holds no state dict (expected a dict with a 'model' entry of tensors)")
+
+
+def check_checkpoint_kind(path: str | Path) -> None:
+    """Refuse what is no checkpoint at all (a missing path, one file of a checkpoint directory, a file
+    that `torch.save` did not write) before anything is unpickled; a directory or a `torch.save` file
+    passes, its contents are checked by the loaders.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        CheckpointError: naming what `path` is and what a checkpoint is.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        return  # load_pretrained names what a directory lacks
+    if path.suffix == ".safetensors" or path.name == CONFIG_NAME:
+        raise CheckpointError(f"{path} is one file of a bifit checkpoint; pass the directory that holds it")
+    with open(path, "rb") as f:
+        pickled = f.read(1) == b"\x80"  # legacy torch.save files start with a pickle protocol marker
+    if not (pickled or zipfile.is_zipfile(path)):
+        raise CheckpointError(
+            f"{path} is not a checkpoint: expected a bifit checkpoint directory (config.json + model.safetensors) "
+            "or an official BIFIT .pth file"
+        )
+
+
+def is_demo_bundle(directory: str | Path) -> bool:
+    """Whether `directory` holds a demo bundle: a bifit checkpoint whose text encoder weights are kept
+    outside (`text_encoder_weights="external"`, see `bifit.assets`). Reads config.json only."""
+    try:
+        meta = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        return meta.get("text_encoder_weights") == TEXT_ENCODER_EXTERNAL
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _config_for_official(state_dict: dict[str, torch.Tensor], text_encoder: str) -> BifitConfig:
@@ -240,6 +369,67 @@ def load_official_checkpoint(
     model = BifitModel(config, TextEncoder.from_config(text_encoder))
     model.load_state_dict(convert_official_state_dict(state_dict, model))
     return model.to(device).eval()
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a torchvision ResNet state dict (`.pth`) into `model.backbone`.
+
+    Every convolution and batch-norm tensor of the four stages and the stem must be present with the
+    backbone's shape; the classifier (`fc.*`) and `num_batches_tracked` counters are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    data = read_torch_file(path, "torchvision state dict")
+    state = _state_dict_in(data, path, "does not hold a state dict of tensors", allow_empty=True)
+    body = model.backbone.body
+    expected = body.state_dict()
+    wanted = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    missing, unexpected, mismatched = state_dict_differences(expected, wanted)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{path} does not fit the {model.config.backbone} backbone: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}, mis-shaped {mismatched[:4]}"
+        )
+    body.load_state_dict(wanted)
+
+
+def load_init_checkpoint(model: nn.Module, path: str | Path, drop_class_heads: bool = True) -> dict[str, list[str]]:
+    """Initialise `model` from an official `.pth` or a bifit checkpoint directory, for fine-tuning.
+
+    As the official `--pretrained_weights`, the class heads are dropped (`drop_class_heads`) and the
+    rest is loaded non-strictly, so a Ref-COCO-pretrained ReferFormer checkpoint fills every module
+    it shares with BIFIT. Shapes must agree for every tensor that is loaded.
+
+    Returns:
+        `{"missing": [...], "unexpected": [...]}`: model parameters left as they were and
+        checkpoint tensors that have no place in the model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        # Through the loader, so that compact checkpoints (int8 weights, external text encoder) work too.
+        state = load_pretrained(path).state_dict()
+    else:
+        state = {
+            official_key_to_bifit(key): value
+            for key, value in read_official_state_dict(path).items()
+            if not _SHARED_BOX_HEAD.match(key)
+        }
+    if drop_class_heads:
+        state = {k: v for k, v in state.items() if not k.startswith("class_embed.")}
+    expected = model.state_dict()
+    mismatched = [
+        f"{k}: {list(v.shape)} vs {list(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if mismatched:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(mismatched[:6]))
+    unexpected = sorted(k for k in state if k not in expected and not k.endswith(_TEXT_BUFFER_SUFFIXES))
+    loadable = {k: v for k, v in state.items() if k in expected}
+    model.load_state_dict(loadable, strict=False)
+    missing = sorted(k for k in expected if k not in loadable)
+    return {"missing": missing, "unexpected": unexpected}
 
 
 # Optional storage choices of our format (recorded in config.json so that loading follows them).

@@ -133,7 +133,7 @@ def pretrain_backbone(
 
     Returns:
         The backbone's state dict in torchvision's key format (``conv1.weight``, ``layer1.0...``),
-        on the CPU, ready for :func:`bifit.training.checkpointing.load_backbone_weights`.
+        on the CPU, ready for :func:`bifit.modeling.checkpoint.load_backbone_weights`.
     """
     config = BackbonePretrainingConfig() if config is None else config
     device = resolve_device(device)

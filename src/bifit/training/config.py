@@ -24,10 +24,9 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config import MINILM_PACKAGE, BifitConfig, get_preset, read_json_object
+from ..config import MINILM_PACKAGE, BifitConfig, ConfigFields, get_preset
 from .criterion_config import CriterionConfig
 
 __all__ = [
@@ -45,7 +44,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(ConfigFields):
     """One training run. Defaults are the official Ref-YouTube-VOS recipe (`ytvos_r50`).
 
     Attributes:
@@ -98,6 +97,8 @@ class TrainingConfig:
             number of classes comes from `model.num_classes` and the padding multiple from
             `size_divisibility`.
     """
+
+    FILE_KIND: ClassVar[str] = "training config"
 
     model: BifitConfig = field(default_factory=lambda: get_preset("bifit_r50"))
     data: str = "ytvos"
@@ -170,10 +171,6 @@ class TrainingConfig:
     def num_frames(self) -> int:
         return self.model.num_frames
 
-    def replace(self, **changes: Any) -> "TrainingConfig":
-        """A copy with some fields changed (unknown names raise `TypeError`)."""
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["model"] = self.model.to_dict()
@@ -184,10 +181,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainingConfig fields: {', '.join(unknown)}")
+        cls.check_known_fields(data)
         data = dict(data)
         if "model" in data:
             data["model"] = BifitConfig.from_dict(data["model"])
@@ -197,13 +191,6 @@ class TrainingConfig:
             if name in data:
                 data[name] = tuple(data[name])
         return cls(**data)
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "TrainingConfig":
-        return cls.from_dict(read_json_object(path, "training config"))
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import ConfigFields
+
 __all__ = ["CriterionConfig", "LOSS_NAMES"]
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 
 
 @dataclass(frozen=True)
-class CriterionConfig:
+class CriterionConfig(ConfigFields):
     """Coefficients of the matching costs and losses; defaults are the released configuration.
 
     `focal_alpha` weighs the classification loss (official `--focal_alpha`); the mask focal loss
@@ -62,18 +64,11 @@ class CriterionConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CriterionConfig":
         """A config from `to_dict()`'s output; unknown fields raise `ValueError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown CriterionConfig fields: {', '.join(unknown)}")
+        cls.check_known_fields(data)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "CriterionConfig":
-        """A copy with some fields changed (unknown names raise `TypeError`)."""
-        return dataclasses.replace(self, **changes)
 
     def weight_dict(self, num_aux_layers: int = 0) -> dict[str, float]:
         """Weight of every loss term: the five final ones, then `_0` … `_{n-1}` for the aux layers."""

@@ -6,12 +6,14 @@
 - `train_config.json`: the full `TrainingConfig`;
 - `metrics.jsonl`: one JSON object per logged optimiser step (`step`, `epoch`, `lr`, `loss`, every
   loss term, `grad_norm`, `clips_per_s`, `time`), averaged over ranks;
-- `checkpoints/checkpoint-<step>.pt`: training state to resume from (see `checkpointing`);
+- `checkpoints/checkpoint-<step>.pt`: training state to resume from (see `bifit.training.state`);
 - `final/`: the trained model (`bifit.save_pretrained`), loadable with `bifit.load_pretrained`;
 - `tensorboard/`: the same scalars, when TensorBoard is installed.
 
 Each optimiser step does `accum_steps` forward/backward passes (the official recipe has one),
-clips the gradient norm, steps AdamW; MultiStepLR steps after every epoch.
+clips the gradient norm, steps AdamW; MultiStepLR steps after every epoch. The run is set up
+(`_set_up`), resumed from its newest checkpoint where asked (`_resume`), then driven epoch by epoch
+(`_train_one_epoch`) by `_train`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import json
 import math
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -35,17 +38,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..data.collate import collate_expressions
 from ..modeling.bifit import BifitModel
-from ..modeling.checkpoint import remove_save_leftovers, save_pretrained
+from ..modeling.checkpoint import load_backbone_weights, load_init_checkpoint, remove_save_leftovers, save_pretrained
 from ..modeling.text_encoder import TextEncoder
-from .checkpointing import (
-    capture_rng_state,
-    load_backbone_weights,
-    load_init_checkpoint,
-    load_latest_checkpoint,
-    remove_checkpoint_temporaries,
-    restore_rng_state,
-    save_training_checkpoint,
-)
 from .config import TrainingConfig
 from .criterion import build_criterion
 from .distributed import (
@@ -58,6 +52,13 @@ from .distributed import (
 )
 from .optim import build_optimizer, build_scheduler
 from .preemption import StopSignals, TrainingInterrupted, agree_to_stop
+from .state import (
+    capture_rng_state,
+    load_latest_checkpoint,
+    remove_checkpoint_temporaries,
+    restore_rng_state,
+    save_training_checkpoint,
+)
 
 __all__ = ["TrainResult", "build_train_dataset", "build_training_model", "set_train_mode", "train"]
 
@@ -176,7 +177,7 @@ def _to_float(outputs: Any) -> Any:
     return outputs
 
 
-def _prepare_output_dir(output_dir: Path, config: TrainingConfig, resume: bool, overwrite: bool) -> None:
+def _check_output_dir(output_dir: Path, config: TrainingConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run needs `resume` (same settings) or `overwrite`."""
     config_path = output_dir / CONFIG_FILE
     if output_dir.exists() and not output_dir.is_dir():
@@ -249,12 +250,13 @@ def _gather_rng(dist_info: DistInfo) -> list[dict[str, Any]]:
 
 
 class _MetricsLog:
-    """metrics.jsonl, TensorBoard and the progress bar, on rank 0 only."""
+    """metrics.jsonl, TensorBoard and the progress bar, on rank 0 only; every rank keeps the last record."""
 
     def __init__(self, output_dir: Path, enabled: bool, progress: bool, total: int, initial: int) -> None:
         from tqdm.auto import tqdm
 
         self.enabled = enabled
+        self.last_metrics: dict[str, Any] = {}
         self.path = output_dir / METRICS_FILE
         self.writer = _open_tensorboard(output_dir / TENSORBOARD_DIR) if enabled else None
         self.bar = tqdm(
@@ -266,6 +268,8 @@ class _MetricsLog:
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_s:.2f}", refresh=False)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Log one record (every rank keeps it as `last_metrics`; rank 0 writes it)."""
+        self.last_metrics = record
         if not self.enabled:
             return
         with self.path.open("a") as handle:
@@ -316,69 +320,138 @@ def train(
             cleanup_distributed()
 
 
+@dataclass
+class _Run:
+    """Everything `_set_up` builds for one process of a training run."""
+
+    config: TrainingConfig
+    output_dir: Path
+    dist_info: DistInfo
+    dataset: Dataset
+    sampler: ResumableDistributedSampler
+    model: BifitModel
+    ddp_model: nn.Module  # `model` itself, or its DistributedDataParallel wrapper
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist_info.device
+
+
+@dataclass
+class _Position:
+    """Where the run stands: optimiser steps done, and the epoch and step within it that come next."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+@dataclass
+class _Checkpoints:
+    """The training checkpoints written so far: the step of the newest and (on rank 0) its path."""
+
+    last_step: int
+    last_path: Path | None = None
+
+    def save(self, run: _Run, step: int, epoch: int, step_in_epoch: int) -> None:
+        """Every rank takes part (the random states are gathered); rank 0 writes."""
+        rng = _gather_rng(run.dist_info)
+        if run.dist_info.is_main:
+            state = {
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "world_size": run.dist_info.world_size,
+                "rng": rng,
+            }
+            self.last_path = save_training_checkpoint(run.output_dir / CHECKPOINT_DIR, state, run.config.keep_last)
+        else:
+            self.last_path = None
+        self.last_step = step
+
+
 def _train(
     config: TrainingConfig, output_dir: Path, dist_info: DistInfo, *, resume: bool, overwrite: bool, progress: bool
 ) -> TrainResult:
+    run, loaded = _set_up(config, output_dir, dist_info, resume=resume, overwrite=overwrite)
+    position = _Position() if loaded is None else _resume(run, *loaded)
+    del loaded
+    if dist_info.is_main:
+        _truncate_metrics(output_dir / METRICS_FILE, position.step)
+    log = _MetricsLog(output_dir, dist_info.is_main, progress, run.total_steps, position.step)
+    checkpoints = _Checkpoints(position.step)
+    step, stop = position.step, None
+    set_train_mode(run.model, config.disable_dropout)
+    # From here on SIGTERM and SIGINT stop the run after the current step, with a checkpoint.
+    with StopSignals(announce=dist_info.is_main) as signals, contextlib.closing(log):
+        for epoch in range(position.epoch, config.epochs):
+            if step >= run.total_steps or stop is not None:
+                break
+            first = position.step_in_epoch if epoch == position.epoch else 0
+            step, stop = _train_one_epoch(run, epoch, first, step, log, signals, checkpoints)
+            if step == (epoch + 1) * run.steps_per_epoch:
+                # The epoch ran to its end: drop the LR as scheduled, then checkpoint the next epoch's start.
+                run.scheduler.step()
+                checkpoints.save(run, step, epoch + 1, 0)
+        if checkpoints.last_step != step:
+            checkpoints.save(run, step, step // run.steps_per_epoch, step % run.steps_per_epoch)
+        if dist_info.distributed:
+            dist.barrier()  # rank 0's checkpoint is on disk before any rank stops or goes on
+        if stop is not None:
+            raise TrainingInterrupted(stop.name, step, checkpoints.last_path)
+
+        final_dir = None
+        if dist_info.is_main:
+            remove_save_leftovers(output_dir / FINAL_DIR)
+            final_dir = save_pretrained(run.model, output_dir / FINAL_DIR, overwrite=True)
+        if dist_info.distributed:
+            dist.barrier()
+    return TrainResult(output_dir, step, step // run.steps_per_epoch, final_dir, log.last_metrics)
+
+
+def _set_up(
+    config: TrainingConfig, output_dir: Path, dist_info: DistInfo, *, resume: bool, overwrite: bool
+) -> tuple[_Run, tuple[Path, dict[str, Any]] | None]:
+    """The output directory made ready, and everything a run needs built: dataset, sampler, model,
+    criterion, optimiser, scheduler, loss scaler. Returns them with the newest checkpoint to resume from
+    (its path and state; None when not resuming or there is none)."""
     device = dist_info.device
     if config.amp != "none" and device.type != "cuda":
         raise ValueError(f"--amp {config.amp} needs a CUDA device; this run is on {device}")
     # Bad data settings fail here, before anything is written or a model is built.
     dataset = build_train_dataset(config)
-    _prepare_output_dir(output_dir, config, resume, overwrite)
-    if dist_info.distributed:
-        dist.barrier()  # every rank has seen the old state before rank 0 changes it
-    checkpoint_dir = output_dir / CHECKPOINT_DIR
-    if dist_info.is_main:
-        if overwrite:
-            _clear_run(output_dir)
-        elif resume:
-            _remove_leftovers(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config.save_json(output_dir / CONFIG_FILE)
+    _prepare_output_dir(output_dir, config, dist_info, resume=resume, overwrite=overwrite)
 
     # The same seed on every rank gives every rank the same initial weights; the per-rank seed
     # (official: seed + rank) then drives everything random during training.
     seed_everything(config.seed)
-    loaded = load_latest_checkpoint(checkpoint_dir) if resume else None
+    loaded = load_latest_checkpoint(output_dir / CHECKPOINT_DIR) if resume else None
     # Resumed weights come from the checkpoint; the initial weights need not be read again.
     initial = config if loaded is None else config.replace(init_checkpoint=None, backbone_weights=None)
     model = build_training_model(initial)
     seed_everything(config.seed + dist_info.rank)
-
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
-    step, start_epoch, start_step_in_epoch = 0, 0, 0
     if loaded is not None:
-        path, state = loaded
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step, start_epoch, start_step_in_epoch = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
-        if dist_info.is_main:
-            print(f"resuming from {path} (step {step}, epoch {start_epoch})", flush=True)
-    if dist_info.is_main:
-        _truncate_metrics(output_dir / METRICS_FILE, step)
+        # Before the model moves: the checkpoint was read on the CPU.
+        _load_state_dicts(loaded[1], model, optimizer, scheduler, scaler)
     model.to(device)
-    # The optimiser state was loaded on the CPU; AdamW keeps it beside the parameters.
-    for param_state in optimizer.state.values():
-        for key, value in param_state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                param_state[key] = value.to(device)
+    _move_optimizer_state(optimizer, device)
 
     sampler = ResumableDistributedSampler(len(dataset), dist_info.world_size, dist_info.rank, seed=config.seed)
-    micro_per_epoch = sampler.per_rank // config.batch_size
-    steps_per_epoch = micro_per_epoch // config.accum_steps
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"an epoch of {len(dataset)} clips is shorter than one optimiser step "
-            f"({config.batch_size} x {dist_info.world_size} ranks x {config.accum_steps} accumulation)"
-        )
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    steps_per_epoch, total_steps = _count_steps(config, sampler)
 
     criterion = build_criterion(
         config.criterion, num_classes=config.model.num_classes, size_divisibility=config.size_divisibility
@@ -390,92 +463,142 @@ def _train(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=config.find_unused_parameters,
         )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    log = _MetricsLog(output_dir, dist_info.is_main, progress, total_steps, step)
-    if loaded is not None:
-        rng_states = loaded[1]["rng"]
-        if len(rng_states) == dist_info.world_size:
-            restore_rng_state(rng_states[dist_info.rank])
-        else:
-            warnings.warn(
-                f"the checkpoint holds random states of {len(rng_states)} ranks but this run has "
-                f"{dist_info.world_size}; reseeding instead (the run stays valid but is not bit-identical)",
-                stacklevel=2,
-            )
-            seed_everything(config.seed + dist_info.rank + step)
-    del loaded
+    run = _Run(
+        config=config,
+        output_dir=output_dir,
+        dist_info=dist_info,
+        dataset=dataset,
+        sampler=sampler,
+        model=model,
+        ddp_model=ddp_model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    return run, loaded
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> Path | None:
-        """Every rank takes part (the random states are gathered); rank 0 writes and returns the path."""
-        rng = _gather_rng(dist_info)
-        if dist_info.is_main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "world_size": dist_info.world_size,
-                "rng": rng,
-            }
-            return save_training_checkpoint(checkpoint_dir, state, config.keep_last)
-        return None
 
-    last_metrics: dict[str, float] = {}
-    last_saved, last_checkpoint = step, None
-    stop = None
-    set_train_mode(model, config.disable_dropout)
-    # From here on SIGTERM and SIGINT stop the run after the current step, with a checkpoint.
-    with StopSignals(announce=dist_info.is_main) as signals, contextlib.closing(log):
-        for epoch in range(start_epoch, config.epochs):
-            if step >= total_steps or stop is not None:
-                break
-            first = start_step_in_epoch if epoch == start_epoch else 0
-            batches = _epoch_batches(dataset, sampler, config, epoch, first, dist_info)
-            for step_in_epoch in range(first, steps_per_epoch):
-                if step >= total_steps:
-                    break
-                started = time.perf_counter()
-                terms = _optimizer_step(ddp_model, criterion, optimizer, scaler, batches, config, device, amp_dtype)
-                step += 1
-                elapsed = time.perf_counter() - started
-                clips_per_s = config.batch_size * config.accum_steps * dist_info.world_size / max(elapsed, 1e-9)
-                lr = optimizer.param_groups[0]["lr"]
-                log.step(terms["loss"], lr, clips_per_s)
-                if step % config.log_every == 0 or step == total_steps:
-                    reduced = all_reduce_mean(terms, device)
-                    last_metrics = {"step": step, "epoch": epoch, "lr": lr, **reduced,
-                                    "clips_per_s": clips_per_s, "time": time.time()}
-                    log.write(last_metrics)
-                if config.save_every and step % config.save_every == 0 and step_in_epoch + 1 < steps_per_epoch:
-                    last_checkpoint = save_checkpoint(epoch, step_in_epoch + 1)
-                    last_saved = step
-                # Every rank asks after every step (a collective); a request during the last step changes
-                # nothing, as the run ends and saves anyway.
-                stop = agree_to_stop(signals.received, device) if step < total_steps else None
-                if stop is not None:
-                    break
-            if step == (epoch + 1) * steps_per_epoch:
-                # The epoch ran to its end: drop the LR as scheduled, then checkpoint the next epoch's start.
-                scheduler.step()
-                last_checkpoint = save_checkpoint(epoch + 1, 0)
-                last_saved = step
-        if last_saved != step:
-            last_checkpoint = save_checkpoint(step // steps_per_epoch, step % steps_per_epoch)
-        if dist_info.distributed:
-            dist.barrier()  # rank 0's checkpoint is on disk before any rank stops or goes on
+def _prepare_output_dir(
+    output_dir: Path, config: TrainingConfig, dist_info: DistInfo, *, resume: bool, overwrite: bool
+) -> None:
+    """Check that `output_dir` may take this run, then (rank 0) clear it or remove the leftovers of
+    interrupted saves, and record the config."""
+    _check_output_dir(output_dir, config, resume, overwrite)
+    if dist_info.distributed:
+        dist.barrier()  # every rank has seen the old state before rank 0 changes it
+    if dist_info.is_main:
+        if overwrite:
+            _clear_run(output_dir)
+        elif resume:
+            _remove_leftovers(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save_json(output_dir / CONFIG_FILE)
+
+
+def _count_steps(config: TrainingConfig, sampler: ResumableDistributedSampler) -> tuple[int, int]:
+    """(optimiser steps per epoch, optimiser steps of the whole run) for this rank's share of the data."""
+    steps_per_epoch = sampler.per_rank // config.batch_size // config.accum_steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"an epoch of {sampler.size} clips is shorter than one optimiser step "
+            f"({config.batch_size} x {sampler.num_replicas} ranks x {config.accum_steps} accumulation)"
+        )
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _load_state_dicts(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """AdamW keeps its state beside the parameters; a loaded state is on the CPU. The step counts stay
+    where they are, as AdamW keeps them."""
+    for param_state in optimizer.state.values():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                param_state[key] = value.to(device)
+
+
+def _resume(run: _Run, path: Path, state: dict[str, Any]) -> _Position:
+    """Where the checkpoint at `path` (its weights and optimiser already loaded by `_set_up`) left the
+    run, with every random generator put back as it was then."""
+    position = _Position(int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"]))
+    dist_info = run.dist_info
+    if dist_info.is_main:
+        print(f"resuming from {path} (step {position.step}, epoch {position.epoch})", flush=True)
+    rng_states = state["rng"]
+    if len(rng_states) == dist_info.world_size:
+        restore_rng_state(rng_states[dist_info.rank])
+    else:
+        warnings.warn(
+            f"the checkpoint holds random states of {len(rng_states)} ranks but this run has "
+            f"{dist_info.world_size}; reseeding instead (the run stays valid but is not bit-identical)",
+            stacklevel=3,
+        )
+        seed_everything(run.config.seed + dist_info.rank + position.step)
+    return position
+
+
+def _train_one_epoch(
+    run: _Run,
+    epoch: int,
+    first_step: int,
+    step: int,
+    log: _MetricsLog,
+    signals: StopSignals,
+    checkpoints: _Checkpoints,
+) -> tuple[int, signal.Signals | None]:
+    """The optimiser steps of `epoch` from `first_step` on, until the epoch, the run (`run.total_steps`)
+    or a stop request ends; logs every `log_every` steps and checkpoints every `save_every`.
+
+    Args:
+        step: optimiser steps done before this call.
+    Returns:
+        the optimiser steps done after it, and the signal that stopped it early (None when none did).
+    """
+    config, dist_info = run.config, run.dist_info
+    batches = _epoch_batches(run.dataset, run.sampler, config, epoch, first_step, dist_info)
+    clips_per_step = config.batch_size * config.accum_steps * dist_info.world_size
+    for step_in_epoch in range(first_step, run.steps_per_epoch):
+        if step >= run.total_steps:
+            break
+        started = time.perf_counter()
+        terms = _optimizer_step(
+            run.ddp_model, run.criterion, run.optimizer, run.scaler, batches, config, run.device, run.amp_dtype
+        )
+        step += 1
+        clips_per_s = clips_per_step / max(time.perf_counter() - started, 1e-9)
+        lr = run.optimizer.param_groups[0]["lr"]
+        log.step(terms["loss"], lr, clips_per_s)
+        if step % config.log_every == 0 or step == run.total_steps:
+            reduced = all_reduce_mean(terms, run.device)
+            record = {"step": step, "epoch": epoch, "lr": lr, **reduced, "clips_per_s": clips_per_s}
+            log.write({**record, "time": time.time()})
+        if config.save_every and step % config.save_every == 0 and step_in_epoch + 1 < run.steps_per_epoch:
+            checkpoints.save(run, step, epoch, step_in_epoch + 1)
+        # Every rank asks after every step (a collective); a request during the last step changes
+        # nothing, as the run ends and saves anyway.
+        stop = agree_to_stop(signals.received, run.device) if step < run.total_steps else None
         if stop is not None:
-            raise TrainingInterrupted(stop.name, step, last_checkpoint)
-
-        final_dir = None
-        if dist_info.is_main:
-            remove_save_leftovers(output_dir / FINAL_DIR)
-            final_dir = save_pretrained(model, output_dir / FINAL_DIR, overwrite=True)
-        if dist_info.distributed:
-            dist.barrier()
-    return TrainResult(output_dir, step, step // steps_per_epoch, final_dir, last_metrics)
+            return step, stop
+    return step, None
 
 
 def _epoch_batches(

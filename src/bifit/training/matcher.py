@@ -6,7 +6,7 @@ picking, per sample, the query whose clip-level cost is smallest (the first such
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -133,6 +133,7 @@ def check_layer_outputs(outputs: Mapping[str, Any], num_classes: int, batch_size
         raise ValueError(f"{name}: batch size {b} but {batch_size} target dicts")
 
 
+@dataclass(eq=False)
 class VideoHungarianMatcher:
     """Per sample, the query that best explains the referred object over the whole clip.
 
@@ -144,34 +145,23 @@ class VideoHungarianMatcher:
     averaged over the clip's T·h·w mask pixels and c_dice = -dice over the clip.
     """
 
-    def __init__(
-        self,
-        cost_class: float = 2.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        cost_mask: float = 2.0,
-        cost_dice: float = 5.0,
-        *,
-        num_classes: int = 1,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        mask_out_stride: int = 4,
-        size_divisibility: int = 32,
-    ) -> None:
-        if all(c == 0 for c in (cost_class, cost_bbox, cost_giou, cost_mask, cost_dice)):
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    cost_mask: float = 2.0
+    cost_dice: float = 5.0
+    _: KW_ONLY
+    num_classes: int = 1
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    mask_out_stride: int = 4
+    size_divisibility: int = 32
+
+    def __post_init__(self) -> None:
+        if all(c == 0 for c in (self.cost_class, self.cost_bbox, self.cost_giou, self.cost_mask, self.cost_dice)):
             raise ValueError("at least one matching cost weight must be non-zero")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.cost_class = cost_class
-        self.cost_bbox = cost_bbox
-        self.cost_giou = cost_giou
-        self.cost_mask = cost_mask
-        self.cost_dice = cost_dice
-        self.num_classes = num_classes
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.mask_out_stride = mask_out_stride
-        self.size_divisibility = size_divisibility
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
 
     @torch.no_grad()
     def cost_matrix(self, outputs: Mapping[str, Tensor], targets: VideoTargets) -> Tensor:
