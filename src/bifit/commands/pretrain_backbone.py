@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from ..devices import resolve_device
     from ..modeling.checkpoint import atomic_save
     from ..training.backbone_pretraining import pretrain_backbone
     from ..training.config import BackbonePretrainingConfig, get_training_preset
