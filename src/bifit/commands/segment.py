@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="resize frames so their shorter side is PX before the model (default: the official "
                         "360, or the training frames' size for the bundled demo model)")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast inference: bfloat16 matrix products where the hardware has them "
+                        "(masks differ from the exact path in a few boundary pixels; see the README)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier bifit outputs in an output directory that is not empty")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device, clip_length=args.clip_length,
-        frame_stride=args.frame_stride, short_side=args.short_side, threshold=args.threshold,
+        frame_stride=args.frame_stride, short_side=args.short_side, threshold=args.threshold, fast=args.fast,
     )
     with segmenter.stream(args.video, expressions, progress=not args.quiet) as result:
         dirs = [f"{i}_{slugify(text)}" for i, text in enumerate(expressions)]
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 "clip_length": args.clip_length,
                 "short_side": args.short_side,
                 "threshold": args.threshold,
+                "fast": args.fast,
                 "expressions": [
                     {
                         "index": i,

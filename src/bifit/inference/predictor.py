@@ -55,6 +55,7 @@ from ..data.video import (
 )
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import CheckpointError, load_model, read_pretrained_config
+from ..modeling.fast import prepare_fast_inference
 from ..modeling.text_encoder import ExpressionError
 
 if TYPE_CHECKING:
@@ -461,6 +462,8 @@ class Segmenter:
         query_selection: "video" picks one query slot from the mean score over all frames (the
             official rule for one clip, extended to all clips); "clip" picks one per clip, as the
             official Ref-DAVIS script does.
+        fast: fast inference (`bifit.modeling.fast.prepare_fast_inference`): bfloat16 matrix
+            products where the hardware has them; slightly different outputs, see the README.
     """
 
     def __init__(
@@ -473,6 +476,7 @@ class Segmenter:
         short_side: int | None = EVAL_SHORT_SIZE,
         threshold: float = 0.5,
         query_selection: QuerySelection = "video",
+        fast: bool = False,
     ) -> None:
         if clip_length is not None and clip_length < 1:
             raise ValueError(f"clip_length must be a positive number of frames, got {clip_length}")
@@ -492,7 +496,7 @@ class Segmenter:
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=device)
-        self.model = model.eval()
+        self.model = prepare_fast_inference(model) if fast else model.eval()
         self.clip_length = clip_length
         self.frame_stride = frame_stride
         self.short_side = short_side
