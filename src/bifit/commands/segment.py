@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "360, or the training frames' size for the bundled demo model)")
     add_max_long_side(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast inference: bfloat16 matrix products where the hardware has them "
+                        "(masks differ from the exact path in a few boundary pixels; see the README)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace earlier bifit outputs in an output directory that is not empty")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(
         checkpoint, text_encoder=args.text_encoder, device=args.device, clip_length=args.clip_length,
         frame_stride=args.frame_stride, short_side=args.short_side, threshold=args.threshold,
-        max_long_side=args.max_long_side,
+        max_long_side=args.max_long_side, fast=args.fast,
     )
     # Before the model's pass, so that a location that cannot be written fails at once.
     tmp, made = _make_temporary_folder(output)
@@ -268,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 "clip_length": args.clip_length,
                 "short_side": args.short_side,
                 "threshold": args.threshold,
+                "fast": args.fast,
                 "expressions": [
                     {
                         "index": i,

@@ -45,6 +45,7 @@ from ..data.video import ArraySource, FrameSource, open_frame_source
 from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import check_checkpoint_kind, load_model
+from ..modeling.fast import prepare_fast_inference
 from ..modeling.text_encoder import ExpressionError, check_utf8
 from .core import QuerySelection, QueryVote, check_count, preprocess_frames, segment_clip, select_queries
 from .results import LogitStore, SegmentationResult, VideoSegmentation
@@ -140,6 +141,8 @@ class Segmenter:
             official Ref-DAVIS script does.
         expressions_per_pass: decode at most this many expressions at once on a clip's shared backbone
             features (bounds memory with many expressions); None: all at once.
+        fast: fast inference (`bifit.modeling.fast.prepare_fast_inference`): bfloat16 matrix
+            products where the hardware has them; slightly different outputs, see the README.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Segmenter:
         query_selection: QuerySelection = "video",
         max_long_side: int | None = MAX_LONG_SIDE,
         expressions_per_pass: int | None = None,
+        fast: bool = False,
     ) -> None:
         check_count(clip_length, "clip_length")
         check_count(expressions_per_pass, "expressions_per_pass")
@@ -175,7 +179,7 @@ class Segmenter:
             path = Path(checkpoint_or_model)
             check_checkpoint_kind(path)
             model = load_model(path, text_encoder=str(text_encoder or "roberta-base"), device=resolved)
-        self.model = model.eval()
+        self.model = prepare_fast_inference(model) if fast else model.eval()
         # What is read and how it is resized:
         self.frame_stride, self.short_side, self.max_long_side = frame_stride, short_side, max_long_side
         # How the model runs over it, and how its outputs become results:

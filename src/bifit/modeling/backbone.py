@@ -6,30 +6,40 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["FrozenBatchNorm2d", "ResNetBackbone", "downsample_mask"]
+__all__ = ["FrozenBatchNorm2d", "ResNetBackbone", "conv_norm", "downsample_mask"]
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine parameters (eps 1e-5, as the official code)."""
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(conv(x))`; a frozen batch norm is folded into the convolution's weights instead.
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
+    Frozen statistics make the norm a fixed per-channel affine map, so one convolution with
+    weights scaled per output channel gives the same result (up to float rounding) without the
+    pass over the activations; gradients reach the convolution's own weights through the scaling.
+    """
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    return F.conv2d(x, weight, bias.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        # torchvision checkpoints carry a batch counter that frozen statistics have no use for.
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+def _residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision `Bottleneck` or `BasicBlock` with its norms folded (same modules and weights)."""
+    convs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    if hasattr(block, "conv3"):
+        convs.append((block.conv3, block.bn3))
+    out = x
+    for i, (conv, norm) in enumerate(convs):
+        out = conv_norm(conv, norm, out)
+        if i < len(convs) - 1:
+            out = out.relu_()
+    identity = x if block.downsample is None else conv_norm(block.downsample[0], block.downsample[1], x)
+    return out.add_(identity).relu_()
 
 
 def downsample_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -58,7 +68,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"backbone norm must be one of {sorted(norms)}, got {norm!r}")
         resnet = getattr(torchvision.models, name)(weights=None, norm_layer=norms[norm])
         self.body = nn.ModuleDict(
-            {k: getattr(resnet, k) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")}
+            {k: getattr(resnet, k) for k in ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")}
         )
         for pname, param in self.body.named_parameters():
             if not train_stem and not pname.startswith(("layer2", "layer3", "layer4")):
@@ -67,9 +77,10 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [N, 3, H, W] -> four maps [N, C_i, H / s_i, W / s_i] for s = 4, 8, 16, 32."""
         body = self.body
-        x = body["maxpool"](body["relu"](body["bn1"](body["conv1"](x))))
+        x = body["maxpool"](conv_norm(body["conv1"], body["bn1"], x).relu_())
         outs = []
         for stage in ("layer1", "layer2", "layer3", "layer4"):
-            x = body[stage](x)
+            for block in body[stage]:
+                x = _residual_block(block, x)
             outs.append(x)
         return outs

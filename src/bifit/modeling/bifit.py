@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -187,10 +188,24 @@ class BifitModel(nn.Module):
         for layer in self.controller.layers:
             nn.init.zeros_(layer.bias)
             nn.init.xavier_uniform_(layer.weight)
+        # Reduced precision of eval forwards (None: exact float32); see `bifit.modeling.fast`.
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
         return self.query_embed.weight.device
+
+    @property
+    def _reduced_precision(self) -> bool:
+        """Fast inference is on: an eval-mode forward with `autocast_dtype` set."""
+        return self.autocast_dtype is not None and not self.training
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to `autocast_dtype` in fast inference; otherwise nothing, so that a caller's own
+        autocast (mixed-precision training) applies unchanged."""
+        if not self._reduced_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ pixels
     def encode_video(
@@ -204,6 +219,12 @@ class BifitModel(nn.Module):
         `valid_indices` (one frame index per video) keeps only that frame of every video after batching,
         as the official A2D/JHMDB training does (the clip then has T = 1).
         """
+        with self._autocast():
+            return self._encode_video(videos, size_divisibility, valid_indices)
+
+    def _encode_video(
+        self, videos: VideoInput, size_divisibility: int, valid_indices: Sequence[int] | torch.Tensor | None
+    ) -> VisualFeatures:
         frames, pad_mask, sizes = batch_videos(videos, size_divisibility)
         b, t = frames.shape[:2]
         if valid_indices is not None:
@@ -237,6 +258,10 @@ class BifitModel(nn.Module):
     # ------------------------------------------------------------------ the rest
     def predict_from_features(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
         """Everything after the pixels: BVLI, transformer with IFI, heads, FPN and mask head."""
+        with self._autocast():
+            return self._decode(visual, captions)
+
+    def _decode(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
         b, t = visual.batch_size, visual.num_frames
         if len(captions) != b:
             raise ValueError(f"got {b} videos but {len(captions)} captions; pass one caption per video")
@@ -287,17 +312,21 @@ class BifitModel(nn.Module):
     def _masks(self, mask_features: torch.Tensor, hs: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Mask logits [B, T, Q, H/4, W/4] of one decoder layer (hs [B, T, Q, C], boxes [B, T, Q, 4])."""
         cfg = self.config
-        return dynamic_mask_logits(
-            mask_features,
-            self.controller(hs),
-            # The official head reads the detached references, so no gradient flows to the boxes here.
-            boxes[..., :2].detach(),
-            sizes,
-            cfg.dynamic_weight_nums,
-            cfg.dynamic_bias_nums,
-            cfg.dynamic_mask_channels,
-            rel_coord=cfg.rel_coord,
-        )
+        reduced = self._reduced_precision
+        # float32 even in fast inference: the relative coordinates reach hundreds of pixels.
+        full = (lambda x: x.float()) if reduced else (lambda x: x)  # noqa: E731
+        with torch.autocast(self.device.type, enabled=False) if reduced else contextlib.nullcontext():
+            return dynamic_mask_logits(
+                full(mask_features),
+                self.controller(full(hs)),
+                # The official head reads the detached references, so no gradient flows to the boxes here.
+                full(boxes[..., :2].detach()),
+                sizes,
+                cfg.dynamic_weight_nums,
+                cfg.dynamic_bias_nums,
+                cfg.dynamic_mask_channels,
+                rel_coord=cfg.rel_coord,
+            )
 
     def forward(
         self,

@@ -1,0 +1,73 @@
+"""The backbone folds frozen batch norm into its convolutions: same outputs and gradients as the
+torchvision modules applied one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bifit.modeling.backbone import FrozenBatchNorm2d, ResNetBackbone, conv_norm
+
+
+def randomise_norms(module: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, FrozenBatchNorm2d):
+                norm.weight.copy_(1 + 0.2 * torch.randn(norm.weight.shape, generator=gen))
+                norm.bias.copy_(0.2 * torch.randn(norm.bias.shape, generator=gen))
+                norm.running_mean.copy_(0.2 * torch.randn(norm.running_mean.shape, generator=gen))
+                norm.running_var.copy_(0.5 + torch.rand(norm.running_var.shape, generator=gen))
+
+
+def unfolded_forward(backbone: ResNetBackbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """torchvision's own module forwards, norms applied after the convolutions."""
+    body = backbone.body
+    x = body["maxpool"](torch.relu(body["bn1"](body["conv1"](x))))
+    outs = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        x = body[stage](x)
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_norm_folds_a_frozen_norm_exactly(bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=bias).double()
+    norm = FrozenBatchNorm2d(5).double()
+    randomise_norms(norm)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    torch.testing.assert_close(conv_norm(conv, norm, x), norm(conv(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_norm_applies_other_norms_after_the_convolution():
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(4, 8, 1), torch.nn.GroupNorm(2, 8)
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(conv_norm(conv, norm, x), norm(conv(x)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,norm", [("resnet18", "frozen_bn"), ("resnet50", "frozen_bn"), ("resnet18", "group_norm")])
+def test_backbone_equals_the_unfolded_torchvision_forward(name, norm):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(name, norm=norm, train_stem=True).double()
+    randomise_norms(backbone)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64, requires_grad=True)
+    ours = backbone(x)
+    theirs = unfolded_forward(backbone, x)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    grads_ours = torch.autograd.grad(sum(o.square().mean() for o in ours), [x, *params])
+    grads_theirs = torch.autograd.grad(sum(o.square().mean() for o in theirs), [x, *params])
+    for a, b in zip(grads_ours, grads_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_frozen_norm_buffers_load_from_torchvision_state_dicts():
+    backbone = ResNetBackbone("resnet18")
+    state = backbone.body.state_dict()
+    state["bn1.num_batches_tracked"] = torch.tensor(7)
+    backbone.body.load_state_dict(state)  # the batch counter of a trained torchvision model is dropped
+    assert "bn1.num_batches_tracked" not in backbone.body.state_dict()
