@@ -1,5 +1,6 @@
-"""The backbone folds frozen batch norm into its convolutions: same outputs and gradients as the
-torchvision modules applied one by one."""
+"""The backbone's optional folding of frozen batch norm into its convolutions (fast inference): same
+outputs and gradients as the torchvision modules applied one by one; off by default, where the
+outputs are exactly those modules'."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_conv_norm_applies_other_norms_after_the_convolution():
 def test_backbone_equals_the_unfolded_torchvision_forward(name, norm):
     torch.manual_seed(0)
     backbone = ResNetBackbone(name, norm=norm, train_stem=True).double()
+    backbone.fold_frozen_norms = True
     randomise_norms(backbone)
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64, requires_grad=True)
     ours = backbone(x)
@@ -63,6 +65,19 @@ def test_backbone_equals_the_unfolded_torchvision_forward(name, norm):
     grads_theirs = torch.autograd.grad(sum(o.square().mean() for o in theirs), [x, *params])
     for a, b in zip(grads_ours, grads_theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_by_default_the_backbone_is_exactly_the_torchvision_forward():
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18")
+    randomise_norms(backbone)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(backbone(x), unfolded_forward(backbone, x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        backbone.fold_frozen_norms = True
+        folded = backbone(x)
+    assert any(not torch.equal(a, b) for a, b in zip(folded, unfolded_forward(backbone, x)))
 
 
 def test_frozen_norm_buffers_load_from_torchvision_state_dicts():

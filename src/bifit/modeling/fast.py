@@ -39,8 +39,9 @@ def fast_inference_dtype(device: torch.device | str) -> torch.dtype | None:
 def prepare_fast_inference(model: BifitModel) -> BifitModel:
     """Switch `model` to fast inference on its current device (in place) and return it.
 
-    Eval-mode forwards then run under `torch.autocast` with `fast_inference_dtype(model.device)`;
-    training is unaffected. Set `model.autocast_dtype = None` to return to the exact path.
+    Eval-mode forwards then run under `torch.autocast` with `fast_inference_dtype(model.device)`, and
+    the backbone's frozen batch norms are folded into its convolutions; training is unaffected. Set
+    `model.autocast_dtype = None` and `model.backbone.fold_frozen_norms = False` to return to the exact path.
 
     Raises:
         ValueError: the device has no native reduced-precision arithmetic (fast mode would be slower).
@@ -52,4 +53,5 @@ def prepare_fast_inference(model: BifitModel) -> BifitModel:
             f"{model.device} has none, so run without fast mode"
         )
     model.autocast_dtype = dtype
+    model.backbone.fold_frozen_norms = True
     return model.eval()
