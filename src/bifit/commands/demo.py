@@ -132,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     results.json into --output.
     """
     import torch
-    from transformers.utils import logging as hf_logging
-
     from ..assets import demo_info, load_demo_model, load_synthetic_run
     from ..data.synthetic import COLOURS, SceneConfig, generate_clip
     from ..devices import resolve_device
@@ -151,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
     stale = _check_output(args.output, args.overwrite, args.clips)
 
     start = time.perf_counter()
-    hf_logging.disable_progress_bar()
     device = resolve_device(args.device)
     if args.checkpoint is None or is_demo_bundle(args.checkpoint):
         frame_size = demo_info(args.checkpoint).frame_size
