@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib
 import io
 import json
@@ -109,6 +108,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 import make_official_model_fixture as model_fixture  # noqa: E402
+from media import write_a2d_instances, write_a2d_tables  # noqa: E402
 from seeded_weights import official_state_dict  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "tests" / "fixtures" / "protocol"
@@ -294,19 +294,6 @@ def _a2d_h5_path(root: Path, video: str, frame_idx: int) -> Path:
     return root / "text_annotations" / "a2d_annotation_with_instances" / video / f"{frame_idx:05d}.h5"
 
 
-def _write_a2d_h5(path: Path, instances: dict[int, np.ndarray]) -> None:
-    """An A2D frame annotation: instance ids, masks in MATLAB order ([N, W, H]; [W, H] for one), boxes."""
-    stack, boxes = [], []
-    for mask in instances.values():
-        ys, xs = np.nonzero(mask)
-        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
-        stack.append(mask.T.astype(np.uint8))
-    with h5py.File(path, "w") as f:
-        f["instance"] = np.array(list(instances), dtype=np.float64)
-        f["reMask"] = stack[0] if len(stack) == 1 else np.stack(stack)
-        f["reBBox"] = np.array(boxes[0] if len(boxes) == 1 else np.array(boxes).T, dtype=np.float64)
-
-
 def _read_a2d_h5(path: Path) -> dict[int, np.ndarray]:
     with h5py.File(path, "r") as f:
         instances = [int(i) for i in np.asarray(f["instance"]).reshape(-1)]
@@ -349,17 +336,9 @@ def write_a2d(root: Path) -> None:
         write_lossless_mp4(clips / f"{video}.mp4", np.stack(frames))
         rows.append([video, "11", "0.0", "1.0", str(h), str(w), str(n), str(len(annotated)), str(subset)])
         for frame_idx, instances in annotated.items():
-            path = _a2d_h5_path(root, video, frame_idx)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_a2d_h5(path, {i: ellipse(h, w, cy, cx + frame_idx - 1, ry, rx)
-                                 for i, (cy, cx, ry, rx) in instances.items()})
-    with (root / "Release" / "videoset.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    with (root / "text_annotations" / "a2d_annotation.txt").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "instance_id", "query"])
-        writer.writerows(queries)
-    (root / "text_annotations" / "a2d_missed_videos.txt").write_text("")
+            write_a2d_instances(_a2d_h5_path(root, video, frame_idx),
+                                {i: ellipse(h, w, cy, cx + frame_idx - 1, ry, rx) for i, (cy, cx, ry, rx) in instances.items()})
+    write_a2d_tables(root, rows, queries, "")
 
     # MTTR's sample lists: per annotation row (file order), per annotated frame (sorted) holding the instance.
     for subset_name, subset in (("train", 0), ("test", 1)):
@@ -384,7 +363,7 @@ def set_a2d_ground_truth(root: Path, masks: dict[str, np.ndarray]) -> None:
         instances = _read_a2d_h5(path)
         if image_id in masks:
             instances[instance] = masks[image_id]
-            _write_a2d_h5(path, instances)
+            write_a2d_instances(path, instances)
         ground_truth.append((image_id, instances[instance]))
     (root / A2D_GROUND_TRUTH).write_text(json.dumps(_coco_ground_truth(ground_truth, with_bbox=True)))
 

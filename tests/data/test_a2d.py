@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from media import write_video
+from media import write_a2d_instances, write_a2d_tables, write_video
 from bifit.data import transforms as T
 from bifit.data import video as video_module
 from bifit.data.a2d import (
@@ -62,20 +60,10 @@ def make_a2d(root: Path) -> Path:
             np.broadcast_to(values[:, None, None, None], (NUM_FRAMES, H, W, 3)),
         )
         rows.append([video, "11", "0", "1", str(H), str(W), str(NUM_FRAMES), str(len(frames)), str(subset)])
-        (masks_dir / video).mkdir(parents=True)
         for frame, instances in frames.items():
-            # MATLAB order: [N, W, H], squeezed to [W, H] for a single instance
-            stack = np.stack([box_mask(*rc).T for rc in instances.values()])
-            with h5py.File(masks_dir / video / f"{frame:05d}.h5", "w") as f:
-                f["instance"] = np.array(list(instances), dtype=np.float64)
-                f["reMask"] = stack[0] if len(instances) == 1 else stack
-    with (root / "Release" / "videoset.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    with (root / "text_annotations" / "a2d_annotation.txt").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "instance_id", "query"])
-        writer.writerows(ANNOTATIONS)
-    (root / "text_annotations" / "a2d_missed_videos.txt").write_text("missed\n")
+            write_a2d_instances(masks_dir / video / f"{frame:05d}.h5",
+                                {i: box_mask(*rc) for i, rc in instances.items()})
+    write_a2d_tables(root, rows, ANNOTATIONS, "missed\n")
     return root
 
 

@@ -3,11 +3,9 @@ two-rank torch.distributed, for the prediction-command tests."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -15,7 +13,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from media import write_video
+from media import write_a2d_instances, write_a2d_tables, write_video
 import bifit
 
 #: Frame size of every fixture video: odd sizes so that resizing, stride-4 rounding and cropping
@@ -144,6 +142,13 @@ A2D_QUERIES = [("trA", "1", "a man walking"), ("teA", "1", "The dog running LEFT
 
 
 
+def box_mask(row: int, col: int) -> np.ndarray:
+    """A 9 x 12 box of an A2D instance at (row, col) of an [H, W] frame."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[row : row + 9, col : col + 12] = 1
+    return mask
+
+
 def write_a2d(root: Path) -> Path:
     """A2D-Sentences: mp4 clips, h5 instance masks (MATLAB order), csv/txt annotations; 'trA' is a
     training video, 'teA' (2 annotated frames, 2 instances) and 'teB' test videos."""
@@ -157,23 +162,10 @@ def write_a2d(root: Path) -> Path:
             np.stack([np.asarray(random_frame(rng)) for _ in range(n)]),
         )
         rows.append([video, "11", "0", "1", str(H), str(W), str(n), str(len(frames)), str(subset)])
-        (masks_dir / video).mkdir(parents=True)
         for frame, instances in frames.items():
-            stack = []
-            for row, col in instances.values():
-                mask = np.zeros((H, W), np.uint8)
-                mask[row : row + 9, col : col + 12] = 1
-                stack.append(mask.T)  # MATLAB order [W, H]
-            with h5py.File(masks_dir / video / f"{frame:05d}.h5", "w") as f:
-                f["instance"] = np.array(list(instances), dtype=np.float64)
-                f["reMask"] = stack[0] if len(stack) == 1 else np.stack(stack)
-    with (root / "Release" / "videoset.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    with (root / "text_annotations" / "a2d_annotation.txt").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "instance_id", "query"])
-        writer.writerows(A2D_QUERIES)
-    (root / "text_annotations" / "a2d_missed_videos.txt").write_text("\n")
+            write_a2d_instances(masks_dir / video / f"{frame:05d}.h5",
+                                {i: box_mask(row, col) for i, (row, col) in instances.items()})
+    write_a2d_tables(root, rows, A2D_QUERIES, "\n")
     return root
 
 
