@@ -148,7 +148,12 @@ def paint(frame: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarray
 
 
 def davis_palette() -> list[int]:
-    """The PASCAL VOC colour map DAVIS annotations use, flat RGB (256 colours)."""
+    """The PASCAL VOC colour map DAVIS annotations use, flat RGB (256 colours).
+
+    Written here, not imported from `bifit.inference.protocols`: the official script copies the palette
+    of these input annotations into its PNGs, so a palette taken from bifit would make the fixture agree
+    with bifit's output even if bifit's palette were wrong.
+    """
     palette = []
     for index in range(256):
         r = g = b = 0
