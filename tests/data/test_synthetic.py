@@ -288,8 +288,13 @@ def test_every_expression_refers_to_exactly_its_object(clips):
 
 @pytest.mark.parametrize(
     "config",
-    [SceneConfig(), SceneConfig(num_frames=12), SceneConfig(num_frames=3, size=(64, 96), max_objects=4)],
-    ids=["default", "12-frames", "crowded"],
+    [
+        SceneConfig(),
+        SceneConfig(num_frames=12),
+        SceneConfig(num_frames=3, size=(64, 96), max_objects=4),
+        SceneConfig(num_frames=4, twin_prob=0.5),
+    ],
+    ids=["default", "12-frames", "crowded", "twins"],
 )
 def test_every_expression_resolves_its_object_without_the_direction_of_motion(config):
     """BIFIT cannot see frame order, so the direction of motion must never be what singles an object
@@ -312,6 +317,35 @@ def test_every_expression_resolves_its_object_without_the_direction_of_motion(co
                 fitting = [i for i, seen in enumerate(blind) if all(seen[k] == v for k, v in stated.items())]
                 assert fitting == [index], (seed, expression)
     assert moving_objects > 100
+
+
+def test_twins_look_alike_differ_in_motion_and_cross():
+    """With twin_prob=1 the second of two objects copies the first's colour, shape and size, takes the
+    opposite motion and is placed to overlap it; only motion (or where they lie) tells them apart."""
+    config = SceneConfig(num_frames=4, min_objects=2, max_objects=2, twin_prob=1.0)
+    crossing = motion_only = 0
+    for seed in range(40):
+        first, second = generate_clip(seed, config).objects
+        a, b = first.attributes, second.attributes
+        assert (a.colour, a.shape, a.size) == (b.colour, b.shape, b.size), seed
+        assert {a.motion, b.motion} == {"moving", "still"}, seed
+        for obj in (first, second):
+            for descriptor in obj.descriptors:
+                assert {name for name, _ in descriptor} - {"colour", "shape", "size"}, (seed, descriptor)
+        motion_only += any({name for name, _ in d} == {"motion"} for d in first.descriptors)
+        boxes = [np.where(o.valid[:, None], o.boxes, np.nan) for o in (first, second)]  # [T, 4] x0 y0 x1 y1
+        overlap_x = np.minimum(boxes[0][:, 2], boxes[1][:, 2]) > np.maximum(boxes[0][:, 0], boxes[1][:, 0])
+        overlap_y = np.minimum(boxes[0][:, 3], boxes[1][:, 3]) > np.maximum(boxes[0][:, 1], boxes[1][:, 1])
+        crossing += bool(np.any(overlap_x & overlap_y))
+    assert crossing >= 36
+    assert motion_only == 40
+
+
+def test_twins_are_drawn_only_when_asked_for():
+    """twin_prob=0 draws no extra random numbers: the clips (and the demo's scores) stay as they were."""
+    for seed in range(5):
+        assert _same_clip(generate_clip(seed, SceneConfig(twin_prob=0.0)), generate_clip(seed, SceneConfig()))
+    assert not _same_clip(generate_clip(0, SceneConfig(twin_prob=1.0)), generate_clip(0, SceneConfig()))
 
 
 def test_each_attribute_is_sometimes_needed_to_resolve_the_target(clips):
@@ -356,6 +390,7 @@ def test_restricted_attributes_are_respected():
         ({"size": (16, 128)}, "size"),
         ({"attributes": ("colour", "smell")}, "attributes"),
         ({"leave_prob": 1.5}, "leave_prob"),
+        ({"twin_prob": -0.1}, "twin_prob"),
     ],
 )
 def test_bad_config_raises_value_error(changes, message):

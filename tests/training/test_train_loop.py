@@ -118,6 +118,7 @@ def test_existing_run_needs_resume_or_overwrite(tiny_bert, tmp_path):
         (["--preset", "synthetic_tiny", "--set", "criterion.dice_loss_coef=-1"], "dice_loss_coef must be non-negative"),
         (["--preset", "synthetic_tiny", "--set", "criterion.cost_mask=much"], "criterion.cost_mask needs a number"),
         (["--preset", "synthetic_tiny", "--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+        (["--preset", "synthetic_tiny", "--set", "synthetic_twin_prob=2"], "synthetic_twin_prob must lie in [0, 1]"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
@@ -154,6 +155,17 @@ def test_criterion_settings_reach_the_loss(tiny_bert, tmp_path, monkeypatch):
     (record,) = read_metrics(tmp_path / "run")
     weights = config.criterion.weight_dict(sum(k.startswith("loss_dice_") for k in record))
     assert record["loss"] == pytest.approx(sum(w * record[k] for k, w in weights.items()), rel=1e-5)
+
+
+def test_synthetic_twin_prob_reaches_the_scenes(tiny_bert):
+    """`--set synthetic_twin_prob=...` is the training data's `SceneConfig.twin_prob`."""
+    from bifit.training import apply_overrides
+    from bifit.training.loop import build_train_dataset
+
+    config = apply_overrides(tiny_run_config(tiny_bert), ["synthetic_twin_prob=0.35"])
+    assert build_train_dataset(config).config.twin_prob == 0.35
+    assert build_train_dataset(tiny_run_config(tiny_bert)).config.twin_prob == 0.0
+    assert TrainingConfig.from_dict(config.to_dict()) == config
 
 
 def test_cli_trains_and_refuses_to_clobber(tiny_bert, tmp_path, capsys):

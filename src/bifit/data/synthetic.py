@@ -102,6 +102,10 @@ class SceneConfig:
         leave_prob: chance that a moving object leaves the frame during the clip.
         occlude_prob: chance that an object is placed to cross another one mid-clip.
         still_prob: chance that an object does not move.
+        twin_prob: chance that a later object is the twin of an earlier one: the same colour, shape
+            and size, the opposite motion (still where the other moves, moving where it stands), and
+            placed to cross it. Only motion tells the two apart, the hardest case of this world; the
+            default 0 leaves such twins to chance (``share_prob``), and training may ask for more.
         noise_std: standard deviation of the (uniform) per-pixel noise, in uint8 levels.
     """
 
@@ -117,6 +121,7 @@ class SceneConfig:
     leave_prob: float = 0.25
     occlude_prob: float = 0.3
     still_prob: float = 0.2
+    twin_prob: float = 0.0
     noise_std: float = 5.0
 
     def __post_init__(self) -> None:
@@ -139,7 +144,7 @@ class SceneConfig:
             raise ValueError(f"attributes must be a non-empty subset of {ATTRIBUTE_TYPES}, got {self.attributes}")
         if self.max_attributes < 1:
             raise ValueError(f"max_attributes must be >= 1, got {self.max_attributes}")
-        for name in ("share_prob", "leave_prob", "occlude_prob", "still_prob"):
+        for name in ("share_prob", "leave_prob", "occlude_prob", "still_prob", "twin_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -456,13 +461,23 @@ def _try_generate(rng: np.random.Generator, config: SceneConfig) -> SyntheticCli
     short_side = min(height, width)
     plans: list[_Plan] = []
     for colour, shape, size in _sample_kinds(rng, count, config):
+        # Drawn only when asked for, so that clips of twin_prob=0 stay those of earlier versions.
+        twin_of = None
+        if config.twin_prob > 0 and num_frames > 1 and plans and rng.random() < config.twin_prob:
+            twin_of = plans[rng.integers(len(plans))]
+            colour, shape, size = twin_of.colour, twin_of.shape, twin_of.size
         low, high = _RADIUS_RANGE[size]
         direction = "still"
-        if num_frames > 1 and rng.random() >= config.still_prob:
+        if twin_of is not None:
+            if twin_of.direction == "still":
+                direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
+        elif num_frames > 1 and rng.random() >= config.still_prob:
             direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
         plan = _Plan(colour, shape, size, rng.uniform(low, high) * short_side, direction)
         _plan_motion(rng, plan, config)
-        if plans and rng.random() < config.occlude_prob:
+        if twin_of is not None:
+            _place_to_occlude(rng, plan, twin_of, num_frames)
+        elif plans and rng.random() < config.occlude_prob:
             _place_to_occlude(rng, plan, plans[rng.integers(len(plans))], num_frames)
         plans.append(plan)
 

@@ -55,6 +55,9 @@ class TrainingConfig(ConfigFields):
         max_skip: largest offset of the sampled neighbour frames (official 3).
         synthetic_samples: clips per epoch of the synthetic dataset.
         synthetic_size: (H, W) of the synthetic frames.
+        synthetic_twin_prob: the synthetic scenes' `twin_prob` (`SceneConfig`): how often a clip
+            holds two objects told apart by their motion alone. 0 (the generator's default) leaves
+            them to chance.
         expressions_per_clip: objects referred to per synthetic clip (1, as the official datasets);
             with more, the backbone runs once per clip for all of them (see `SyntheticRVOS`).
         data_seed: seed of the data (synthetic clips, augmentations); fixed across ranks.
@@ -106,6 +109,7 @@ class TrainingConfig(ConfigFields):
     max_skip: int = 3
     synthetic_samples: int = 2000
     synthetic_size: tuple[int, int] = (64, 96)
+    synthetic_twin_prob: float = 0.0
     expressions_per_clip: int = 1
     data_seed: int = 0
     epochs: int = 10
@@ -158,6 +162,8 @@ class TrainingConfig(ConfigFields):
             problems.append(f"max_steps must be at least 1, got {self.max_steps}")
         if list(self.lr_drop) != sorted(self.lr_drop) or any(e < 1 for e in self.lr_drop):
             problems.append(f"lr_drop must list increasing positive epochs, got {list(self.lr_drop)}")
+        if not 0.0 <= self.synthetic_twin_prob <= 1.0:
+            problems.append(f"synthetic_twin_prob must lie in [0, 1], got {self.synthetic_twin_prob}")
         if len(self.synthetic_size) != 2 or min(self.synthetic_size) < 32:
             problems.append(f"synthetic_size must be (H, W) with both sides >= 32, got {self.synthetic_size}")
         if self.expressions_per_clip > 1 and self.data != "synthetic":

@@ -96,6 +96,7 @@ def build_train_dataset(config: TrainingConfig) -> Dataset:
             size=config.synthetic_size,
             seed=config.data_seed,
             expressions_per_clip=config.expressions_per_clip,
+            twin_prob=config.synthetic_twin_prob,
         )
     if config.data == "jhmdb":
         raise ValueError(
