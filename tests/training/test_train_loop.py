@@ -119,6 +119,8 @@ def test_existing_run_needs_resume_or_overwrite(tiny_bert, tmp_path):
         (["--preset", "synthetic_tiny", "--set", "criterion.cost_mask=much"], "criterion.cost_mask needs a number"),
         (["--preset", "synthetic_tiny", "--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
         (["--preset", "synthetic_tiny", "--set", "synthetic_twin_prob=2"], "synthetic_twin_prob must lie in [0, 1]"),
+        (["--preset", "synthetic_tiny"] + [f"--set=criterion.cost_{n}=0" for n in ("class", "bbox", "giou", "mask", "dice")],
+         "at least one matching cost"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):

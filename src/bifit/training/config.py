@@ -19,7 +19,6 @@ Presets:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
@@ -176,27 +175,6 @@ class TrainingConfig(ConfigFields):
     @property
     def num_frames(self) -> int:
         return self.model.num_frames
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data["model"] = self.model.to_dict()
-        data["criterion"] = self.criterion.to_dict()
-        data["lr_drop"] = list(self.lr_drop)
-        data["synthetic_size"] = list(self.synthetic_size)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
-        cls.check_known_fields(data)
-        data = dict(data)
-        if "model" in data:
-            data["model"] = BifitConfig.from_dict(data["model"])
-        if "criterion" in data:
-            data["criterion"] = CriterionConfig.from_dict(data["criterion"])
-        for name in ("lr_drop", "synthetic_size"):
-            if name in data:
-                data[name] = tuple(data[name])
-        return cls(**data)
 
 
 @dataclass(frozen=True)

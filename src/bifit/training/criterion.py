@@ -17,7 +17,7 @@ from torch import Tensor
 from bifit.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from bifit.training.criterion_config import LOSS_NAMES, CriterionConfig
 from bifit.training.losses import dice_loss, sigmoid_focal_loss
-from bifit.training.matcher import VideoHungarianMatcher, VideoTargets, check_layer_outputs, collate_targets
+from bifit.training.matcher import VideoHungarianMatcher, VideoTargets, check_layer_outputs
 
 __all__ = ["CriterionConfig", "VideoSetCriterion", "build_criterion", "num_valid_frames"]
 
@@ -67,31 +67,11 @@ class VideoSetCriterion:
             )
         self.num_classes = num_classes
         self.size_divisibility = size_divisibility
-        self.matcher = VideoHungarianMatcher(
-            c.cost_class,
-            c.cost_bbox,
-            c.cost_giou,
-            c.cost_mask,
-            c.cost_dice,
-            num_classes=num_classes,
-            focal_alpha=c.matcher_focal_alpha,
-            focal_gamma=c.focal_gamma,
-            mask_out_stride=c.mask_out_stride,
-            size_divisibility=size_divisibility,
-        )
+        self.matcher = VideoHungarianMatcher(c, num_classes, size_divisibility)
 
     def prepare_targets(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]) -> VideoTargets:
         """Stack and pad the target dicts onto the grid and device of `outputs["pred_masks"]`."""
-        masks = outputs["pred_masks"]
-        return collate_targets(
-            targets,
-            masks.shape[1],
-            tuple(masks.shape[-2:]),
-            stride=self.config.mask_out_stride,
-            size_divisibility=self.size_divisibility,
-            dtype=masks.dtype,
-            device=masks.device,
-        )
+        return self.matcher.prepare_targets(outputs, targets)
 
     def layer_losses(
         self, outputs: Mapping[str, Tensor], targets: VideoTargets, matched: Tensor, num_boxes: float

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import ConfigFields
 
@@ -56,19 +54,12 @@ class CriterionConfig(ConfigFields):
             for name in ("focal_alpha", "mask_focal_alpha", "matcher_focal_alpha"):
                 if not 0.0 <= getattr(self, name) <= 1.0:
                     problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+            if all(getattr(self, name) == 0 for name in ("cost_class", "cost_bbox", "cost_giou", "cost_mask", "cost_dice")):
+                problems.append("at least one matching cost (cost_class ... cost_dice) must be non-zero")
             if self.mask_out_stride < 1 or isinstance(self.mask_out_stride, float):
                 problems.append(f"mask_out_stride must be a positive integer, got {self.mask_out_stride}")
         if problems:
             raise ValueError("invalid CriterionConfig: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CriterionConfig":
-        """A config from `to_dict()`'s output; unknown fields raise `ValueError`."""
-        cls.check_known_fields(data)
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def weight_dict(self, num_aux_layers: int = 0) -> dict[str, float]:
         """Weight of every loss term: the five final ones, then `_0` … `_{n-1}` for the aux layers."""

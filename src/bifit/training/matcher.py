@@ -6,13 +6,14 @@ picking, per sample, the query whose clip-level cost is smallest (the first such
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from bifit.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from bifit.training.criterion_config import CriterionConfig
 from bifit.training.losses import dice_coefficient, focal_class_cost, sigmoid_focal_loss
 
 __all__ = ["VideoHungarianMatcher", "VideoTargets", "check_layer_outputs", "collate_targets"]
@@ -133,41 +134,38 @@ def check_layer_outputs(outputs: Mapping[str, Any], num_classes: int, batch_size
         raise ValueError(f"{name}: batch size {b} but {batch_size} target dicts")
 
 
-@dataclass(eq=False)
 class VideoHungarianMatcher:
     """Per sample, the query that best explains the referred object over the whole clip.
 
-    Cost per query (lower is better), with the official weights by default:
+    Cost per query (lower is better), with the weights of `CriterionConfig` (the official ones by
+    default):
     `cost_class * c_cls + cost_bbox * c_L1 + cost_giou * c_GIoU + cost_mask * c_focal + cost_dice * c_dice`
     where c_cls is the focal class cost averaged over the valid frames (0 for a sample with none,
     where the official code fails), c_L1 and c_GIoU (= -GIoU)
     are averaged over all frames (invalid ones against their zero box), c_focal is the focal loss
-    averaged over the clip's T·h·w mask pixels and c_dice = -dice over the clip.
+    (alpha `matcher_focal_alpha`) averaged over the clip's T·h·w mask pixels and c_dice = -dice over
+    the clip.
     """
 
-    cost_class: float = 2.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    cost_mask: float = 2.0
-    cost_dice: float = 5.0
-    _: KW_ONLY
-    num_classes: int = 1
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    mask_out_stride: int = 4
-    size_divisibility: int = 32
-
-    def __post_init__(self) -> None:
-        if all(c == 0 for c in (self.cost_class, self.cost_bbox, self.cost_giou, self.cost_mask, self.cost_dice)):
-            raise ValueError("at least one matching cost weight must be non-zero")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+    def __init__(self, config: CriterionConfig | None = None, num_classes: int = 1, size_divisibility: int = 32) -> None:
+        """Args:
+            config: the cost weights, focal parameters and mask stride (default: the released ones).
+            num_classes: classes of the model's class head.
+            size_divisibility: the multiple the target masks are padded to.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.config = config if config is not None else CriterionConfig()
+        self.num_classes = num_classes
+        self.size_divisibility = size_divisibility
 
     @torch.no_grad()
     def cost_matrix(self, outputs: Mapping[str, Tensor], targets: VideoTargets) -> Tensor:
         """The matching cost `[B, Q]` of every query of every sample."""
         logits, boxes, masks = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
         b, t, q, _ = logits.shape
+        c = self.config
+        alpha, gamma = c.matcher_focal_alpha, c.focal_gamma
 
         prob = logits.sigmoid()
         if self.num_classes == 1:
@@ -179,7 +177,7 @@ class VideoHungarianMatcher:
             prob = prob.gather(-1, labels[:, :, None, None].expand(b, t, q, 1))[..., 0]
         valid = targets.valid.to(prob.dtype)[:, :, None]
         # Frames without the object do not vote on the class; a sample with no valid frame gets 0.
-        class_cost = (focal_class_cost(prob, self.focal_alpha, self.focal_gamma) * valid).sum(1)
+        class_cost = (focal_class_cost(prob, alpha, gamma) * valid).sum(1)
         class_cost = class_cost / valid.sum(1).clamp(min=1)
 
         target_boxes = targets.boxes[:, :, None, :].expand_as(boxes)
@@ -189,16 +187,29 @@ class VideoHungarianMatcher:
         clip_logits = masks.transpose(1, 2).flatten(2)  # [B, Q, T*h*w]
         clip_targets = targets.masks.flatten(1)[:, None, :]  # [B, 1, T*h*w]
         mask_cost = sigmoid_focal_loss(
-            clip_logits, clip_targets.expand_as(clip_logits), self.focal_alpha, self.focal_gamma
+            clip_logits, clip_targets.expand_as(clip_logits), alpha, gamma
         ).mean(-1)
         dice_cost = -dice_coefficient(clip_logits, clip_targets)
 
         return (
-            self.cost_class * class_cost
-            + self.cost_bbox * bbox_cost
-            + self.cost_giou * giou_cost
-            + self.cost_mask * mask_cost
-            + self.cost_dice * dice_cost
+            c.cost_class * class_cost
+            + c.cost_bbox * bbox_cost
+            + c.cost_giou * giou_cost
+            + c.cost_mask * mask_cost
+            + c.cost_dice * dice_cost
+        )
+
+    def prepare_targets(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]) -> VideoTargets:
+        """Stack and pad the target dicts onto the grid and device of `outputs["pred_masks"]`."""
+        masks = outputs["pred_masks"]
+        return collate_targets(
+            targets,
+            masks.shape[1],
+            tuple(masks.shape[-2:]),
+            stride=self.config.mask_out_stride,
+            size_divisibility=self.size_divisibility,
+            dtype=masks.dtype,
+            device=masks.device,
         )
 
     @torch.no_grad()
@@ -217,22 +228,13 @@ class VideoHungarianMatcher:
         else:
             batch_size = len(targets)
         check_layer_outputs(outputs, self.num_classes, batch_size)
-        masks = outputs["pred_masks"]
         if isinstance(targets, VideoTargets):
-            b, t, _, h, w = masks.shape
+            b, t, _, h, w = outputs["pred_masks"].shape
             if tuple(targets.masks.shape) != (b, t, h, w):
                 raise ValueError(
-                    f"target masks {tuple(targets.masks.shape)} do not fit pred_masks {tuple(masks.shape)}"
+                    f"target masks {tuple(targets.masks.shape)} do not fit pred_masks {tuple(outputs['pred_masks'].shape)}"
                 )
         else:
-            targets = collate_targets(
-                targets,
-                masks.shape[1],
-                tuple(masks.shape[-2:]),
-                stride=self.mask_out_stride,
-                size_divisibility=self.size_divisibility,
-                dtype=masks.dtype,
-                device=masks.device,
-            )
+            targets = self.prepare_targets(outputs, targets)
         # argmin returns the first minimal index, the official tie-break.
         return self.cost_matrix(outputs, targets).argmin(dim=1)
