@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from bifit.inference.core import normalize_frames
+from bifit.data.normalization import normalize_frames
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ from bifit import load_pretrained
 from bifit.data.collate import collate_fn
 from bifit.data.synthetic import SyntheticRVOS
 from bifit.data.targets import build_target
-from bifit.inference.core import masks_from_logits, normalize_frames, select_queries
+from bifit.data.normalization import normalize_frames
+from bifit.inference.core import masks_from_logits, select_queries
 from bifit.evaluation import mean_j_and_f
 from bifit.training import apply_overrides, get_training_preset, train
 

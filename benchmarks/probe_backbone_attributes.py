@@ -26,7 +26,7 @@ from bifit import load_pretrained
 from bifit.data.synthetic import SyntheticRVOS
 from bifit.modeling.bifit import BifitModel
 from bifit.modeling.checkpoint import CheckpointError, read_pretrained_config
-from bifit.inference.core import normalize_frames
+from bifit.data.normalization import normalize_frames
 
 ATTRIBUTES = ("colour", "shape", "size")
 LEVELS = {"stride4": 4, "stride8": 8, "stride16": 16, "stride32": 32}

@@ -78,6 +78,16 @@ def test_a_command_imports_no_other_command() -> None:
     assert offenders == {}
 
 
+def test_the_data_layer_does_not_import_inference_or_training() -> None:
+    """Datasets and transforms sit below the predictors and the training loop, which build on them."""
+    offenders = {
+        name: sorted(i for i in found if i.startswith(("bifit.inference", "bifit.training")))
+        for name, found in _all_imports().items()
+        if name.startswith("bifit.data")
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
 def test_only_the_visualisation_module_draws() -> None:
     drawing = {name for name, found in _all_imports().items() if {"PIL.ImageDraw", "PIL.ImageFont"} & found}
     assert drawing == {"bifit.inference.visualize"}

@@ -21,7 +21,7 @@ from bifit.data.a2d import (
     read_a2d_masks,
     save_a2d_samples,
 )
-from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD
+from bifit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 H, W, NUM_FRAMES = 48, 64, 12
 # video -> (subset, {annotated frame (1-based): {instance: (row, col) of an 8x10 box}})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bifit.data import transforms as T
 from bifit.data.jhmdb import JHMDBSentencesDataset, build_jhmdb_samples, load_jhmdb_samples, read_part_masks
-from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD
+from bifit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 H, W = 30, 40
 VIDEOS = {"brush_hair": ("girl_brushing", 7, 6), "catch": ("ball_catch", 5, 5)}  # action: (video, frames, masks)

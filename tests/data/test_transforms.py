@@ -10,7 +10,7 @@ from PIL import Image
 
 from bifit.data import frame_sizes
 from bifit.data import transforms as T
-from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD
+from bifit.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _clip(num_frames: int = 2, height: int = 48, width: int = 64, seed: int = 0) -> list[Image.Image]:

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bifit.data.targets import boxes_from_masks, build_target
-from bifit.inference.core import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from bifit.data.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 
 __all__ = [
     "ATTRIBUTE_TYPES",

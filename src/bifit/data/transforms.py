@@ -41,7 +41,7 @@ from PIL import Image
 
 from bifit.data.frame_sizes import EVAL_SHORT_SIZE, resized_hw
 from bifit.data.targets import check_boxes, normalize_boxes
-from bifit.inference.core import normalize_frames
+from bifit.data.normalization import normalize_frames
 
 #: Shorter-side sizes of the final multi-scale resize during training.
 TRAIN_SCALES: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)

@@ -8,7 +8,8 @@ scripts call these functions instead of each keeping a copy:
 - preprocessing (:func:`preprocess_frames`, :func:`load_frames`): the official resize (shorter side to
   360 with PIL bilinear, longer side truncated as ``torchvision.transforms.Resize(360)``, optionally
   capped as the A2D/JHMDB evaluation does) and ImageNet normalisation (:func:`normalize_frames`,
-  bit for bit ``ToTensor`` then ``Normalize``; the training pipelines use it too);
+  bit for bit ``ToTensor`` then ``Normalize``; it lives in `bifit.data.normalization`, below both
+  this module and the training pipelines, which use it too);
 - one clip for several expressions (:func:`segment_clip`): the backbone runs once, the expressions are
   decoded on copies of its features, at most ``expressions_per_pass`` at a time (the official
   scripts re-read the frames and re-run the backbone per expression; the outputs are the same);
@@ -35,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from bifit.data.frame_sizes import EVAL_SHORT_SIZE, MAX_LONG_SIDE, FrameSizeError, model_input_hw
+from bifit.data.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 from bifit.data.video import open_rgb
 
 if TYPE_CHECKING:
@@ -60,8 +62,6 @@ __all__ = [
     "upsample_logits",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Threshold on the mask probability (official ``--threshold`` default).
 MASK_THRESHOLD = 0.5
 
@@ -82,28 +82,6 @@ def check_count(value: int | None, name: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- preprocessing
-def normalize_frames(frames: Tensor | np.ndarray) -> Tensor:
-    """ImageNet-normalise uint8 frames, bit for bit as the official ``ToTensor`` then ``Normalize``.
-
-    The float32 operations run in the official order, ``(x / 255 - mean) / std``: folding them
-    into one multiply-add (``x * (1 / 255 / std) - mean / std``) rounds differently for most byte
-    values (by up to 7e-7), enough to flip mask pixels whose probability lies that close to 0.5.
-
-    Args:
-        frames: uint8 [T, H, W, 3] (RGB), tensor or array.
-
-    Returns:
-        float32 [T, 3, H, W].
-    """
-    pixels = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {pixels.dtype} {tuple(pixels.shape)}")
-    video = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(torch.float32)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return video.div_(255).sub_(mean).div_(std)
-
-
 def preprocess_frames(
     frames: np.ndarray,
     short_side: int | None = EVAL_SHORT_SIZE,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..config import BifitConfig
 from .config import BackbonePretrainingConfig
 from ..data.synthetic import COLOURS, SHAPES, SIZES, SceneConfig, SyntheticClip, generate_clip
-from ..inference.core import normalize_frames
+from ..data.normalization import normalize_frames
 from ..devices import resolve_device
 from ..modeling.backbone import ResNetBackbone
 
