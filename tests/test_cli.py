@@ -51,7 +51,7 @@ def test_system_errors_are_the_file_and_the_reason(tmp_path, capsys, monkeypatch
     (FileNotFoundError("checkpoint not found: x.pth"), "checkpoint not found: x.pth"),
     (FileExistsError("out already exists; pass --overwrite"), "out already exists; pass --overwrite"),
     (bifit.CheckpointError("x.pth holds no state dict"), "x.pth holds no state dict"),
-    (bifit.ExpressionError("caption 0 is empty"), "caption 0 is empty"),
+    (bifit.ExpressionError("expression 1 is empty"), "expression 1 is empty"),
     (FloatingPointError("loss is nan; stopping"), "loss is nan; stopping"),
     (MemoryError(), "out of memory"),
 ])

@@ -222,7 +222,7 @@ def test_an_expression_longer_than_the_text_encoder_accepts_is_refused(model, vi
 
 
 def test_the_text_encoder_refuses_text_that_is_not_utf8_whatever_its_route(model, video):
-    with pytest.raises(ExpressionError, match=r"caption 1 is not valid UTF-8 text \(byte 0xff at position 2\)"):
+    with pytest.raises(ExpressionError, match=r"expression 2 is not valid UTF-8 text \(byte 0xff at position 2\)"):
         model.text_encoder.tokenize(["a dog", "a \udcff"], "cpu")
     with pytest.raises(ExpressionError, match="expression 1 is not valid UTF-8"):
         Segmenter(model, short_side=SHORT).segment(video, ["a \udcff"])

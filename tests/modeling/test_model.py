@@ -225,3 +225,11 @@ def test_selecting_every_video_once_in_order_copies_nothing(model):
     assert visual.select([0, 1]) is visual and visual.repeat(1) is visual
     swapped = visual.select([1, 0])
     assert swapped is not visual and torch.equal(swapped.layer1[0], visual.layer1[1])
+
+
+def test_the_model_counts_expressions_from_one_as_every_other_route(model):
+    """The text encoder's own check is `check_expressions`: same wording and numbering as the predictors'."""
+    with pytest.raises(bifit.ExpressionError, match=r"^expression 2 \('the red circle the red circle .*'\) is \d+ tokens long"):
+        model(torch.randn(2, 1, 3, 32, 32), ["a dog", "the red circle " * 40])
+    with pytest.raises(bifit.ExpressionError, match="^expression 2 is empty"):
+        model(torch.randn(2, 1, 3, 32, 32), ["a dog", " "])

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,46 +45,13 @@ from ..devices import resolve_device
 from ..modeling.bifit import BifitModel
 from ..modeling.checkpoint import check_checkpoint_kind, load_model
 from ..modeling.fast import prepare_fast_inference
-from ..modeling.text_encoder import ExpressionError, check_utf8
+from ..modeling.text_encoder import check_expressions
 from .core import QuerySelection, QueryVote, check_count, preprocess_frames, segment_clip, select_queries
 from .results import LogitStore, SegmentationResult, VideoSegmentation
-
-if TYPE_CHECKING:
-    from ..modeling.text_encoder import TextEncoder
 
 __all__ = ["Segmenter", "check_expressions"]
 
 VideoInput = str | os.PathLike[str] | np.ndarray | torch.Tensor
-
-
-def check_expressions(expressions: str | Sequence[str], text_encoder: TextEncoder | None = None) -> list[str]:
-    """The expressions as a list, refusing an empty list, non-strings, blank expressions, text that is
-    not UTF-8 and, given the model's `text_encoder`, expressions longer than it accepts.
-
-    Raises:
-        ExpressionError: naming the first bad expression (counted from 1).
-    """
-    if isinstance(expressions, str):
-        expressions = [expressions]
-    expressions = list(expressions)
-    if not expressions:
-        raise ExpressionError("no expression given; pass at least one referring expression")
-    for i, text in enumerate(expressions, 1):
-        if not isinstance(text, str):
-            raise ExpressionError(f"expression {i} is a {type(text).__name__}, expected a string")
-        if not text.strip():
-            raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
-        check_utf8(text, f"expression {i}")
-    if text_encoder is not None:
-        limit = text_encoder.max_length
-        for i, text in enumerate(expressions, 1):
-            n = len(text_encoder.tokenizer(text)["input_ids"])
-            if n > limit:
-                shown = text if len(text) <= 60 else text[:57] + "..."
-                raise ExpressionError(
-                    f"expression {i} ({shown!r}) is {n} tokens long; the text encoder accepts at most {limit}"
-                )
-    return expressions
 
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ __all__ = [
     "FeatureResizer",
     "ExpressionError",
     "MINILM_PACKAGE",
+    "check_expressions",
     "check_utf8",
     "load_text_encoder_config",
     "resolve_text_encoder",
@@ -81,6 +82,42 @@ def check_utf8(text: str, what: str) -> str:
             "(e.g. a terminal or file set to UTF-8)"
         ) from None
     return text
+
+
+def check_expressions(expressions: str | Sequence[str], text_encoder: "TextEncoder | None" = None) -> list[str]:
+    """The expressions as a list, refusing an empty list, non-strings, blank expressions, text that is
+    not UTF-8 and, given the model's `text_encoder`, expressions longer than it accepts. The one
+    check of referring expressions: the predictors call it before any work, `TextEncoder.tokenize`
+    on whatever reaches the model.
+
+    Raises:
+        ExpressionError: naming the first bad expression (counted from 1).
+    """
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    if not isinstance(expressions, Sequence):
+        raise ExpressionError(f"expressions must be a string or a list of strings, got {type(expressions).__name__}")
+    expressions = list(expressions)
+    if not expressions:
+        raise ExpressionError("no expression given; pass at least one referring expression")
+    for i, text in enumerate(expressions, 1):
+        if not isinstance(text, str):
+            raise ExpressionError(f"expression {i} is a {type(text).__name__}, expected a string")
+        if not text.strip():
+            raise ExpressionError(f"expression {i} is empty; describe the object to segment, e.g. 'the red car'")
+        check_utf8(text, f"expression {i}")
+    if text_encoder is not None:
+        lengths = [len(ids) for ids in text_encoder.tokenizer(expressions)["input_ids"]]
+        _refuse_too_long(expressions, lengths, text_encoder.max_length)
+    return expressions
+
+
+def _refuse_too_long(expressions: Sequence[str], lengths: Sequence[int], limit: int) -> None:
+    """Raise `ExpressionError` for the first expression of more than `limit` tokens."""
+    for i, (text, n) in enumerate(zip(expressions, lengths), 1):
+        if n > limit:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ExpressionError(f"expression {i} ({shown!r}) is {n} tokens long; the text encoder accepts at most {limit}")
 
 
 class FeatureResizer(nn.Module):
@@ -195,22 +232,11 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, captions: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
         """Token ids and attention mask [B, L], padded to the longest caption."""
-        if not isinstance(captions, (list, tuple)) or not captions:
-            raise ExpressionError("captions must be a non-empty list of strings")
-        for i, caption in enumerate(captions):
-            if not isinstance(caption, str):
-                raise ExpressionError(f"caption {i} is a {type(caption).__name__}, expected a string")
-            if not caption.strip():
-                raise ExpressionError(f"caption {i} is empty")
-            check_utf8(caption, f"caption {i}")
-        tokens = self.tokenizer(list(captions), padding="longest", return_tensors="pt")
-        length = tokens["input_ids"].shape[1]
-        if length > self.max_length:
-            lengths = tokens["attention_mask"].sum(1).tolist()
-            worst = max(range(len(lengths)), key=lengths.__getitem__)
-            raise ExpressionError(
-                f"caption {worst} is {lengths[worst]} tokens long; the text encoder accepts at most {self.max_length}"
-            )
+        if not isinstance(captions, (list, tuple)):
+            raise ExpressionError(f"captions must be a list of strings, got {type(captions).__name__}")
+        captions = check_expressions(captions)
+        tokens = self.tokenizer(captions, padding="longest", return_tensors="pt")
+        _refuse_too_long(captions, tokens["attention_mask"].sum(1).tolist(), self.max_length)
         return {k: v.to(device) for k, v in tokens.items()}
 
     def forward(self, captions: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
