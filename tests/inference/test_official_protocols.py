@@ -15,6 +15,7 @@ Ref-YouTube-VOS test runs the full command, checkpoint loading included.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from bifit.cli import main
 from bifit.commands import predict as predict_command
 from bifit.data.davis import NUM_ANNOTATIONS, davis_eval_videos
 from bifit.data.ytvos import ytvos_valid_videos
+from bifit.evaluation import evaluate_davis
 from bifit.inference.a2d_predict import build_eval_dataset, official_batches
 from bifit.inference.core import load_frames, segment_clip, upsample_logits
 from bifit.inference.protocols import clip_ranges
@@ -44,6 +46,8 @@ SHORT_SIDE = MANIFEST["short_side"]
 MAX_SIZE = MANIFEST["max_size"]
 PROBABILITY_MARGIN = 1e-5
 METRIC_TOLERANCE = 1e-6
+# One flipped pixel of the DAVIS fixture moves its J&F by ~5e-5.
+FLIPPED_METRIC_TOLERANCE = 1e-3
 # Our A2D/JHMDB metric names and the official evaluate_a2d ones.
 A2D_METRICS = {"mAP": "mAP 0.5:0.95", "AP50": "AP 0.5", "AP75": "AP 0.75", "overall_iou": "overall_iou",
                "mean_iou": "mean_iou", **{f"P@{k}": f"P@{k}" for k in (0.5, 0.6, 0.7, 0.8, 0.9)}}
@@ -168,6 +172,7 @@ def test_davis_converts_predicts_and_scores_as_the_official_scripts(loaded_model
     files = relative_files(theirs_root, "*.png")
     assert relative_files(ours_root, "*.png") == files
     near_cache: dict[tuple[str, int, int], np.ndarray] = {}
+    flipped = 0
     for relative in files:
         ours, theirs = read_png(ours_root / relative), read_png(theirs_root / relative)
         assert ours[0] == theirs[0] == "P" and ours[1] == theirs[1] and ours[2].shape == theirs[2].shape
@@ -179,15 +184,25 @@ def test_davis_converts_predicts_and_scores_as_the_official_scripts(loaded_model
             clip = next(c for c in clip_ranges(len(video.frame_names), 24) if t in c)
             if (video_name, k, clip.start) not in near_cache:
                 near_cache[video_name, k, clip.start] = davis_near_decision(loaded_model, video, k, clip)
-            assert_excused(differ, near_cache[video_name, k, clip.start][t - clip.start], relative)
+            flipped += assert_excused(differ, near_cache[video_name, k, clip.start][t - clip.start], relative)
+    assert flipped < 1e-4 * sum(read_png(theirs_root / f)[2].size for f in files)
 
     official = json.loads((OFFICIAL / "davis" / "metrics.json").read_text())
     ours = json.loads((ours_root / "ref-davis_results.json").read_text())
     for k, ours_global in enumerate(ours["annotators"]):
         theirs = official[f"anno_{k}"]
-        assert ours_global == pytest.approx(theirs["global"], abs=METRIC_TOLERANCE, rel=0)
-        assert (ours_root / f"anno_{k}" / "global_results-val.csv").read_text() == theirs["global_csv"]
-        assert (ours_root / f"anno_{k}" / "per-sequence_results-val.csv").read_text() == theirs["per_sequence_csv"]
+        if not flipped:
+            assert ours_global == pytest.approx(theirs["global"], abs=METRIC_TOLERANCE, rel=0)
+            assert (ours_root / f"anno_{k}" / "global_results-val.csv").read_text() == theirs["global_csv"]
+            assert (ours_root / f"anno_{k}" / "per-sequence_results-val.csv").read_text() == theirs["per_sequence_csv"]
+            continue
+        assert ours_global == pytest.approx(theirs["global"], abs=FLIPPED_METRIC_TOLERANCE, rel=0)
+        official_masks = tmp_path / "official_masks" / f"anno_{k}"
+        shutil.copytree(theirs_root / f"anno_{k}", official_masks)
+        rescored = evaluate_davis(davis_root, official_masks, "val", "unsupervised")
+        assert rescored["global"] == pytest.approx(theirs["global"], abs=METRIC_TOLERANCE, rel=0)
+        assert (official_masks / "global_results-val.csv").read_text() == theirs["global_csv"]
+        assert (official_masks / "per-sequence_results-val.csv").read_text() == theirs["per_sequence_csv"]
 
 
 # ---------------------------------------------------------------------------------------- A2D / JHMDB
