@@ -309,3 +309,26 @@ def test_cuda_matches_cpu():
     expected = multi_scale_deformable_attention(value, SHAPES, locations, weights)
     out = multi_scale_deformable_attention(value.cuda(), SHAPES, locations.cuda(), weights.cuda())
     torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=1e-12)
+
+
+def test_queries_in_chunks_give_the_same_bits(monkeypatch):
+    """The sampler runs the queries in chunks to bound its memory; each query's output is its own, so
+    chunks of 1, 2 or all queries give identical results (gradients agree up to summation order)."""
+    from bifit.modeling import deformable_attention
+
+    value, locations, weights = random_inputs(seed=4, num_queries=7)
+    value, locations, weights = value.float(), locations.float(), weights.float()
+    whole = multi_scale_deformable_attention(value, SHAPES, locations, weights)
+    samples_per_query = value.shape[0] * value.shape[2] * value.shape[3] * locations.shape[4]
+    for queries in (1, 2, 3):
+        monkeypatch.setattr(deformable_attention, "_SAMPLES_PER_CHUNK", queries * samples_per_query)
+        assert torch.equal(multi_scale_deformable_attention(value, SHAPES, locations, weights), whole)
+    value.requires_grad_(True)
+    locations.requires_grad_(True)
+    chunked_grads = torch.autograd.grad(multi_scale_deformable_attention(value, SHAPES, locations, weights).sum(),
+                                        (value, locations))
+    monkeypatch.setattr(deformable_attention, "_SAMPLES_PER_CHUNK", 1 << 23)
+    whole_grads = torch.autograd.grad(multi_scale_deformable_attention(value, SHAPES, locations, weights).sum(),
+                                      (value, locations))
+    for chunked, full in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)

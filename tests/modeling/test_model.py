@@ -233,3 +233,56 @@ def test_the_model_counts_expressions_from_one_as_every_other_route(model):
         model(torch.randn(2, 1, 3, 32, 32), ["a dog", "the red circle " * 40])
     with pytest.raises(bifit.ExpressionError, match="^expression 2 is empty"):
         model(torch.randn(2, 1, 3, 32, 32), ["a dog", " "])
+
+
+def test_frame_chunks_of_the_encoder_and_the_fpn_equal_the_whole_clip(model, monkeypatch):
+    """Without autograd the deformable encoder and the FPN's per-token work run a few frames at a time;
+    the outputs are those of the whole clip at once (up to the rounding of matrix products of another
+    height), and with autograd nothing is chunked."""
+    from bifit.modeling.pixel_decoder import CrossModalBlock
+    from bifit.modeling.transformer import DeformableTransformer
+
+    torch.manual_seed(5)
+    videos = torch.randn(1, 5, 3, 64, 96)
+    with torch.no_grad():
+        whole = model(videos, ["the red circle"])
+    encoder_frames, token_frames = [], []
+    hook = model.transformer.encoder.layers[0].register_forward_pre_hook(
+        lambda module, args: encoder_frames.append(args[0].shape[0])
+    )
+    real_per_token = CrossModalBlock._per_token
+
+    def spy(self, x, *args):
+        token_frames.append(x.shape[1])
+        return real_per_token(self, x, *args)
+
+    monkeypatch.setattr(CrossModalBlock, "_per_token", spy)
+    # One frame's tokens (16x24 at stride 4, 8x12 + 4x6 + 2x3 + 1x2 in the encoder) per chunk, or two.
+    for frames in (1, 2):
+        monkeypatch.setattr(DeformableTransformer, "inference_chunk_tokens", frames * (8 * 12 + 4 * 6 + 2 * 3 + 1 * 2))
+        monkeypatch.setattr(CrossModalBlock, "inference_chunk_tokens", frames * 16 * 24)
+        with torch.no_grad():
+            chunked = model(videos, ["the red circle"])
+        for key in whole:
+            torch.testing.assert_close(chunked[key], whole[key], atol=1e-5, rtol=1e-5)
+        expected = [frames] * (5 // frames) + ([5 % frames] if 5 % frames else [])
+        # The stride-4 level comes last (the FPN runs coarse to fine); coarser levels fit more frames per chunk.
+        assert encoder_frames == expected and token_frames[-len(expected):] == expected
+        encoder_frames.clear()
+        token_frames.clear()
+    out = model(videos, ["the red circle"])  # autograd on: the whole clip in one piece
+    hook.remove()
+    assert encoder_frames == [5] and set(token_frames) == {5}
+    torch.testing.assert_close(out["pred_masks"].detach(), whole["pred_masks"], atol=1e-5, rtol=1e-5)
+
+
+def test_frames_of_one_size_share_one_position_encoding():
+    from bifit.modeling.position_encoding import shared_sine_position_2d, sine_position_2d
+
+    mask = torch.zeros(4, 6, 9, dtype=torch.bool)
+    shared = shared_sine_position_2d(mask, 8, torch.float32)
+    assert shared.shape == (4, 16, 6, 9) and shared.stride(0) == 0  # one encoding, viewed four times
+    assert torch.equal(shared, sine_position_2d(mask, 8))
+    mask[2, :, 7:] = True  # one frame padded differently: each gets its own
+    own = shared_sine_position_2d(mask, 8, torch.float32)
+    assert own.stride(0) != 0 and torch.equal(own, sine_position_2d(mask, 8))

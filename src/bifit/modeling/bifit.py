@@ -15,7 +15,7 @@ from .backbone import ResNetBackbone, downsample_mask
 from .bvli import BidirectionalVisionLanguageInteraction
 from .mask_head import dynamic_mask_logits
 from .pixel_decoder import CrossModalFPN
-from .position_encoding import sine_position_1d, sine_position_2d
+from .position_encoding import shared_sine_position_2d, sine_position_1d
 from .text_encoder import FeatureResizer, TextEncoder
 from .transformer import MLP, DeformableTransformer
 
@@ -239,13 +239,13 @@ class BifitModel(nn.Module):
         stages = self.backbone(frames)
         masks = [downsample_mask(pad_mask, s.shape[-2:]) for s in stages]
         d = self.config.hidden_dim
-        pos = [sine_position_2d(m, d // 2).to(s.dtype) for m, s in zip(masks, stages)]
+        pos = [shared_sine_position_2d(m, d // 2, s.dtype) for m, s in zip(masks, stages)]
         srcs = [proj(s) for proj, s in zip(self.input_proj[:3], stages[1:])]
         extra = self.input_proj[3](stages[-1])
         extra_mask = downsample_mask(pad_mask, extra.shape[-2:])
         srcs.append(extra)
         masks.append(extra_mask)
-        pos.append(sine_position_2d(extra_mask, d // 2).to(extra.dtype))
+        pos.append(shared_sine_position_2d(extra_mask, d // 2, extra.dtype))
         return VisualFeatures(stages[0], srcs, masks, pos, sizes.to(frames.device), t)
 
     # ------------------------------------------------------------------ text

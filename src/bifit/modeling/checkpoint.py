@@ -164,6 +164,10 @@ def read_torch_file(path: str | Path, what: str, safe_globals: Iterable[type] = 
         handle.seek(0)
         try:
             with torch.serialization.safe_globals(list(safe_globals)):
+                # An archive is mapped rather than read: its tensors are copied into the model's own and
+                # then dropped, and mapped pages leave with them instead of staying in the heap.
+                if archive:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 return torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             # In an archive (torch.save's format since torch 1.6) the weights-only unpickler raises this

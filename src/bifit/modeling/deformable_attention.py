@@ -97,23 +97,49 @@ def multi_scale_deformable_attention(
 
     # grid_sample works on [batch, channels, H, W] maps, so heads fold into the batch axis.
     value_levels = value.split([h * w for h, w in shapes], dim=1)
+    value_maps = [
+        level.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+        for level, (height, width) in zip(value_levels, shapes)
+    ]
+    # Every query's output depends on its own locations and weights only, so the queries run in
+    # chunks: the [N*M, D, chunk, P] samples of one level stay within _SAMPLES_PER_CHUNK floats (at
+    # 6 x 360 x 640 the encoder's unchunked samples take 118 MB per level, the largest tensor of the
+    # forward pass). The results are bit-identical to one chunk.
+    chunk = max(1, _SAMPLES_PER_CHUNK // (batch * heads * head_dim * num_points))
+    outputs = [
+        _sample_and_weigh(value_maps, shapes, sampling_locations[:, start : start + chunk],
+                          attention_weights[:, start : start + chunk])
+        for start in range(0, num_queries, chunk)
+    ]
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    # [N * M, D, Lq] -> [N, Lq, M * D]
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
+
+
+# About 32 MB of float32 samples per level and chunk of queries.
+_SAMPLES_PER_CHUNK = 1 << 23
+
+
+def _sample_and_weigh(
+    value_maps: list[Tensor], shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """[N * M, D, Lq]: the weighted bilinear samples of `multi_scale_deformable_attention` for the
+    queries of `sampling_locations` [N, Lq, M, L, P, 2] and `attention_weights` [N, Lq, M, L, P]."""
+    batch, num_queries, heads, levels, num_points, _ = sampling_locations.shape
     # [N, Lq, M, L, P, 2] -> [N, M, L, Lq, P, 2]; grid_sample wants coordinates in [-1, 1].
     grids = (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5)
     # [N, Lq, M, L, P] -> [N * M, L, 1, Lq, P], broadcast over the D channels of each sample.
-    weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(batch * heads, len(shapes), 1, num_queries, num_points)
-
+    weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(batch * heads, levels, 1, num_queries, num_points)
     output = None
-    for level, (height, width) in enumerate(shapes):
-        value_map = value_levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+    for level in range(len(shapes)):
         grid = grids[:, :, level].reshape(batch * heads, num_queries, num_points, 2)
-        sampled = F.grid_sample(value_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(value_maps[level], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # Accumulating level by level keeps only one level's [N*M, D, Lq, P] samples alive at a time
         # (beyond what autograd saves) instead of stacking all levels.
         contribution = (sampled * weights[:, level]).sum(-1)
         output = contribution if output is None else output + contribution
     assert output is not None  # shapes is non-empty
-    # [N * M, D, Lq] -> [N, Lq, M * D]
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
+    return output
 
 
 class MultiScaleDeformableAttention(nn.Module):

@@ -25,7 +25,8 @@ class ConvNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.conv(x))
-        return F.relu(x) if self.relu else x
+        # In place: the norm's backward needs its input, not its output.
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class CrossModalBlock(nn.Module):
@@ -44,6 +45,9 @@ class CrossModalBlock(nn.Module):
         self.ffn = FeedForward(d_model, dim_feedforward, dropout)
         self.sr_ratio = sr_ratio
 
+    # Tokens per chunk of frames for the per-token part of the block without autograd (see `forward`).
+    inference_chunk_tokens = 16384
+
     def forward(
         self,
         x: torch.Tensor,
@@ -59,24 +63,64 @@ class CrossModalBlock(nn.Module):
             words, word_pos: [L, B, C]; word_mask: [B, L].
         Returns:
             [B, T, C, h, w].
+
+        Only the (spatially reduced) self-attention mixes the frames; the rest works token by token.
+        Without autograd that rest runs a few frames at a time, so that its full-resolution
+        intermediates are sized by a chunk, not the clip (at stride 4 of 6 x 360 x 640, 15 MB each
+        instead of 88 MB). The results are the same.
         """
         b, t, c, h, w = x.shape
-        qk, v, mask = x + x_pos, x, x_mask
+        attended = self._self_attention(x, x_mask, x_pos)
+        frames = t if torch.is_grad_enabled() else max(1, self.inference_chunk_tokens // (b * h * w))
+        if frames >= t:
+            return self._per_token(x, self._upsample(attended, h, w), x_pos, words, word_mask, word_pos)
+        out = x.new_empty(b, t, c, h, w)
+        for start in range(0, t, frames):
+            chunk = slice(start, start + frames)
+            out[:, chunk] = self._per_token(
+                x[:, chunk], self._upsample(attended[:, chunk], h, w), x_pos[:, chunk], words, word_mask, word_pos
+            )
+        return out
+
+    def _self_attention(self, x: torch.Tensor, x_mask: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
+        """Self-attention over all T x sh x sw tokens of a clip at 1/sr_ratio of the resolution:
+        [B, T, C, h, w] -> [B, T, C, sh, sw]."""
+        b, t, c, h, w = x.shape
         if self.sr_ratio > 1:
             size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
-            qk = F.interpolate(qk.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
-            v = F.interpolate(v.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
-            mask = F.interpolate(mask.flatten(0, 1)[None].float(), size=size, mode="nearest")[0].bool()
+            # Nearest resizing picks pixels, so resizing x and x_pos apart equals resizing their sum,
+            # without a full-resolution sum.
+            v = F.interpolate(x.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
+            qk = v + F.interpolate(x_pos.flatten(0, 1), size=size, mode="nearest").unflatten(0, (b, t))
+            mask = F.interpolate(x_mask.flatten(0, 1)[None].float(), size=size, mode="nearest")[0].bool()
             mask = mask.unflatten(0, (b, t))
+        else:
+            qk, v, mask = x + x_pos, x, x_mask
         sh, sw = qk.shape[-2:]
         qk_seq = qk.permute(1, 3, 4, 0, 2).reshape(t * sh * sw, b, c)
         v_seq = v.permute(1, 3, 4, 0, 2).reshape(t * sh * sw, b, c)
         attended = self.self_attn(qk_seq, qk_seq, v_seq, key_padding_mask=mask.reshape(b, -1), need_weights=False)[0]
-        attended = attended.reshape(t, sh, sw, b, c).permute(3, 0, 4, 1, 2)
-        if self.sr_ratio > 1:
-            attended = F.interpolate(attended.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
-            attended = attended.unflatten(0, (b, t))
+        return attended.reshape(t, sh, sw, b, c).permute(3, 0, 4, 1, 2)
 
+    def _upsample(self, attended: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """[B, t, C, sh, sw] -> [B, t, C, h, w] (bilinear; nothing to do without spatial reduction)."""
+        if self.sr_ratio == 1:
+            return attended
+        b, t = attended.shape[:2]
+        return F.interpolate(attended.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False).unflatten(0, (b, t))
+
+    def _per_token(
+        self,
+        x: torch.Tensor,
+        attended: torch.Tensor,
+        x_pos: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        word_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Residual and norm after the self-attention, cross-attention to the words, FFN, for the
+        frames given: x, attended, x_pos [B, t, C, h, w] -> [B, t, C, h, w]."""
+        b, t, c, h, w = x.shape
         seq = lambda z: z.permute(1, 3, 4, 0, 2).reshape(t * h * w, b, c)  # noqa: E731
         tgt = self.norm1(seq(x) + self.dropout1(seq(attended)))
         cross = self.multihead_attn(
@@ -142,6 +186,9 @@ class CrossModalFPN(nn.Module):
             x = unflat(self.lateral_convs[lvl](features[lvl]))
             x = self.blocks[lvl](x, unflat(masks[lvl]), unflat(pos[lvl]), words, word_mask, word_pos).flatten(0, 1)
             if y is not None:
-                x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
+                # In place without autograd: x is the block's fresh output, and one map fewer is alive.
+                top_down = F.interpolate(y, size=x.shape[-2:], mode="nearest")
+                x = x + top_down if torch.is_grad_enabled() else x.add_(top_down)
+                del top_down
             y = self.output_convs[lvl](x)
         return self.mask_features(y)
