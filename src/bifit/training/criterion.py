@@ -56,18 +56,17 @@ class VideoSetCriterion:
             num_classes: classes of the model's class head (its `BifitConfig.num_classes`).
             size_divisibility: the multiple the training batches are padded to.
         """
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.config = config if config is not None else CriterionConfig()
-        c = self.config
-        if size_divisibility < 1 or size_divisibility % c.mask_out_stride:
-            raise ValueError(
-                f"size_divisibility ({size_divisibility}) must be a positive multiple of mask_out_stride "
-                f"({c.mask_out_stride}) so that the padded targets fall on the mask grid"
-            )
-        self.num_classes = num_classes
-        self.size_divisibility = size_divisibility
-        self.matcher = VideoHungarianMatcher(c, num_classes, size_divisibility)
+        # The matcher checks both facts: it pads the targets for the losses too (`prepare_targets`).
+        self.matcher = VideoHungarianMatcher(self.config, num_classes, size_divisibility)
+
+    @property
+    def num_classes(self) -> int:
+        return self.matcher.num_classes
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.matcher.size_divisibility
 
     def prepare_targets(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]) -> VideoTargets:
         """Stack and pad the target dicts onto the grid and device of `outputs["pred_masks"]`."""

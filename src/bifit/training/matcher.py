@@ -156,6 +156,12 @@ class VideoHungarianMatcher:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.config = config if config is not None else CriterionConfig()
+        stride = self.config.mask_out_stride
+        if size_divisibility < 1 or size_divisibility % stride:
+            raise ValueError(
+                f"size_divisibility ({size_divisibility}) must be a positive multiple of mask_out_stride "
+                f"({stride}) so that the padded targets fall on the mask grid"
+            )
         self.num_classes = num_classes
         self.size_divisibility = size_divisibility
 
