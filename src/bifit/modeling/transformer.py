@@ -255,17 +255,18 @@ class DeformableTransformer(nn.Module):
         """
         n, s, _ = src.shape
         chunk = n if torch.is_grad_enabled() else max(1, self.inference_chunk_tokens // s)
-        if chunk >= n:
-            for layer in self.encoder.layers:
-                src = layer(src, pos, reference_points, spatial_shapes, padding_mask)
-            return src
-        memory = torch.empty_like(src)
-        for start in range(0, n, chunk):
-            frames = slice(start, start + chunk)
+
+        def layers(frames: slice) -> torch.Tensor:
             x = src[frames]
             for layer in self.encoder.layers:
                 x = layer(x, pos[frames], reference_points[frames], spatial_shapes, padding_mask[frames])
-            memory[frames] = x
+            return x
+
+        if chunk >= n:
+            return layers(slice(None))
+        memory = torch.empty_like(src)
+        for start in range(0, n, chunk):
+            memory[start : start + chunk] = layers(slice(start, start + chunk))
         return memory
 
     def forward(
