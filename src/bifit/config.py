@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,13 +59,15 @@ class ConfigFields:
         cls.check_known_fields(data)
         hints = typing.get_type_hints(cls)
         values = dict(data)
-        for name, value in values.items():
-            kinds = typing.get_args(hints[name]) or (hints[name],)
-            nested = [k for k in kinds if isinstance(k, type) and issubclass(k, ConfigFields)]
-            if nested and isinstance(value, Mapping):
-                values[name] = nested[0].from_dict(value)
-            elif isinstance(value, list) and (typing.get_origin(hints[name]) is tuple or tuple in map(typing.get_origin, kinds)):
-                values[name] = tuple(value)
+        for name, value in data.items():
+            hint = hints[name]
+            # `X | None` offers X; any other type is its own only option.
+            options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            for option in options:
+                if isinstance(value, Mapping) and isinstance(option, type) and issubclass(option, ConfigFields):
+                    values[name] = option.from_dict(value)
+                elif isinstance(value, list) and typing.get_origin(option) is tuple:
+                    values[name] = tuple(value)
         return cls(**values)
 
     def save_json(self, path: str | Path) -> None:
