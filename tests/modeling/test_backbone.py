@@ -86,3 +86,44 @@ def test_frozen_norm_buffers_load_from_torchvision_state_dicts():
     state["bn1.num_batches_tracked"] = torch.tensor(7)
     backbone.body.load_state_dict(state)  # the batch counter of a trained torchvision model is dropped
     assert "bn1.num_batches_tracked" not in backbone.body.state_dict()
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    return calls
+
+
+def test_without_autograd_the_frames_run_in_chunks_with_the_batch_result():
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet50")
+    randomise_norms(backbone)
+    x = torch.randn(5, 3, 64, 96)
+    with torch.no_grad():
+        whole = backbone(x)
+        backbone.chunk_pixels = 2 * 64 * 96
+        stem_calls, layer4_calls = count_calls(backbone.body["conv1"]), count_calls(backbone.body["layer4"][0].conv1)
+        chunked = backbone(x)
+    assert stem_calls == [2, 2, 1] and layer4_calls == [2, 2, 1]
+    # The convolutions may pick another algorithm for a smaller batch: equal up to float rounding.
+    for a, b in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("train_stem", [False, True])
+def test_with_autograd_only_the_frozen_stages_run_in_chunks(train_stem):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18", train_stem=train_stem)
+    randomise_norms(backbone)
+    backbone.chunk_pixels = 32 * 48
+    x = torch.randn(3, 3, 32, 48)
+    with torch.no_grad():
+        expected = backbone(x)
+    stem_calls, layer2_calls = count_calls(backbone.body["conv1"]), count_calls(backbone.body["layer2"][0].conv1)
+    outs = backbone(x)
+    assert stem_calls == ([3] if train_stem else [1, 1, 1]) and layer2_calls == [3]
+    for a, b in zip(outs, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    sum(o.square().mean() for o in outs).backward()
+    assert backbone.body["layer2"][0].conv1.weight.grad is not None
+    assert (backbone.body["conv1"].weight.grad is not None) == train_stem

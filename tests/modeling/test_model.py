@@ -236,9 +236,9 @@ def test_the_model_counts_expressions_from_one_as_every_other_route(model):
 
 
 def test_frame_chunks_of_the_encoder_and_the_fpn_equal_the_whole_clip(model, monkeypatch):
-    """Without autograd the deformable encoder and the FPN's per-token work run a few frames at a time;
-    the outputs are those of the whole clip at once (up to the rounding of matrix products of another
-    height), and with autograd nothing is chunked."""
+    """Without autograd the deformable encoder and the FPN's per-token work and convolutions run a few
+    frames at a time; the outputs are those of the whole clip at once (up to the rounding of matrix
+    products of another height), and with autograd nothing is chunked."""
     from bifit.modeling.pixel_decoder import CrossModalBlock
     from bifit.modeling.transformer import DeformableTransformer
 
@@ -250,13 +250,17 @@ def test_frame_chunks_of_the_encoder_and_the_fpn_equal_the_whole_clip(model, mon
     hook = model.transformer.encoder.layers[0].register_forward_pre_hook(
         lambda module, args: encoder_frames.append(args[0].shape[0])
     )
-    real_per_token = CrossModalBlock._per_token
+    real_finish = CrossModalBlock.finish
 
     def spy(self, x, *args):
         token_frames.append(x.shape[1])
-        return real_per_token(self, x, *args)
+        return real_finish(self, x, *args)
 
-    monkeypatch.setattr(CrossModalBlock, "_per_token", spy)
+    monkeypatch.setattr(CrossModalBlock, "finish", spy)
+    mask_feature_frames = []
+    model.pixel_decoder.mask_features.register_forward_pre_hook(
+        lambda module, args: mask_feature_frames.append(args[0].shape[0])
+    )
     # One frame's tokens (16x24 at stride 4, 8x12 + 4x6 + 2x3 + 1x2 in the encoder) per chunk, or two.
     for frames in (1, 2):
         monkeypatch.setattr(DeformableTransformer, "inference_chunk_tokens", frames * (8 * 12 + 4 * 6 + 2 * 3 + 1 * 2))
@@ -268,11 +272,13 @@ def test_frame_chunks_of_the_encoder_and_the_fpn_equal_the_whole_clip(model, mon
         expected = [frames] * (5 // frames) + ([5 % frames] if 5 % frames else [])
         # The stride-4 level comes last (the FPN runs coarse to fine); coarser levels fit more frames per chunk.
         assert encoder_frames == expected and token_frames[-len(expected):] == expected
+        assert mask_feature_frames == expected
         encoder_frames.clear()
         token_frames.clear()
+        mask_feature_frames.clear()
     out = model(videos, ["the red circle"])  # autograd on: the whole clip in one piece
     hook.remove()
-    assert encoder_frames == [5] and set(token_frames) == {5}
+    assert encoder_frames == [5] and set(token_frames) == {5} and mask_feature_frames == [5]
     torch.testing.assert_close(out["pred_masks"].detach(), whole["pred_masks"], atol=1e-5, rtol=1e-5)
 
 

@@ -284,6 +284,7 @@ class BifitModel(nn.Module):
         out = self.transformer(
             srcs, visual.masks[1:], visual.pos[1:], tgt, self.query_embed.weight, t, self.bbox_embed
         )
+        del srcs  # the fused maps are in the memory now; the FPN's peak need not hold them too
         n_layers = out.hs.shape[0]
         logits = torch.stack([self.class_embed[i](out.hs[i]) for i in range(n_layers)])
         logits = logits.unflatten(1, (b, t))

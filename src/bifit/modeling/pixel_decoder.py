@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunks import in_chunks
 from .transformer import FeedForward
 
 __all__ = ["CrossModalFPN", "CrossModalBlock", "ConvNorm"]
@@ -31,7 +32,10 @@ class ConvNorm(nn.Module):
 
 class CrossModalBlock(nn.Module):
     """Self-attention over the clip's tokens with spatial reduction, cross-attention to the words, FFN
-    (post-norm; official `VisionLanguageBlock`)."""
+    (post-norm; official `VisionLanguageBlock`).
+
+    It runs in two steps, `attend_clip` (the only one that mixes frames) and `finish` (token by token),
+    so that `CrossModalFPN` can finish a few frames at a time without autograd."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, sr_ratio: int) -> None:
         super().__init__()
@@ -45,46 +49,19 @@ class CrossModalBlock(nn.Module):
         self.ffn = FeedForward(d_model, dim_feedforward, dropout)
         self.sr_ratio = sr_ratio
 
-    # Tokens per chunk of frames for the per-token part of the block without autograd (see `forward`).
+    # Tokens per chunk of frames for the per-token part of the block without autograd (see CrossModalFPN).
     inference_chunk_tokens = 16384
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        x_mask: torch.Tensor,
-        x_pos: torch.Tensor,
-        words: torch.Tensor,
-        word_mask: torch.Tensor,
-        word_pos: torch.Tensor,
-    ) -> torch.Tensor:
-        """
-        Args:
-            x, x_pos: [B, T, C, h, w] visual features and their position encoding; x_mask: [B, T, h, w].
-            words, word_pos: [L, B, C]; word_mask: [B, L].
-        Returns:
-            [B, T, C, h, w].
+    def frames_per_chunk(self, batch: int, h: int, w: int, num_frames: int) -> int:
+        """All frames with autograd; without, as many as `inference_chunk_tokens` tokens allow."""
+        if torch.is_grad_enabled():
+            return num_frames
+        return max(1, self.inference_chunk_tokens // (batch * h * w))
 
-        Only the (spatially reduced) self-attention mixes the frames; the rest works token by token.
-        Without autograd that rest runs a few frames at a time, so that its full-resolution
-        intermediates are sized by a chunk, not the clip (at stride 4 of 6 x 360 x 640, 15 MB each
-        instead of 88 MB). The results are the same.
-        """
-        b, t, c, h, w = x.shape
-        attended = self._self_attention(x, x_mask, x_pos)
-        frames = t if torch.is_grad_enabled() else max(1, self.inference_chunk_tokens // (b * h * w))
-        if frames >= t:
-            return self._per_token(x, self._upsample(attended, h, w), x_pos, words, word_mask, word_pos)
-        out = x.new_empty(b, t, c, h, w)
-        for start in range(0, t, frames):
-            chunk = slice(start, start + frames)
-            out[:, chunk] = self._per_token(
-                x[:, chunk], self._upsample(attended[:, chunk], h, w), x_pos[:, chunk], words, word_mask, word_pos
-            )
-        return out
-
-    def _self_attention(self, x: torch.Tensor, x_mask: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
-        """Self-attention over all T x sh x sw tokens of a clip at 1/sr_ratio of the resolution:
-        [B, T, C, h, w] -> [B, T, C, sh, sw]."""
+    def attend_clip(self, x: torch.Tensor, x_mask: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
+        """The block's first step, the only one that mixes frames: self-attention over all T x sh x sw
+        tokens of a clip at 1/sr_ratio of the resolution. x, x_pos [B, T, C, h, w], x_mask [B, T, h, w]
+        -> [B, T, C, sh, sw]."""
         b, t, c, h, w = x.shape
         if self.sr_ratio > 1:
             size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
@@ -109,7 +86,7 @@ class CrossModalBlock(nn.Module):
         b, t = attended.shape[:2]
         return F.interpolate(attended.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False).unflatten(0, (b, t))
 
-    def _per_token(
+    def finish(
         self,
         x: torch.Tensor,
         attended: torch.Tensor,
@@ -118,9 +95,12 @@ class CrossModalBlock(nn.Module):
         word_mask: torch.Tensor,
         word_pos: torch.Tensor,
     ) -> torch.Tensor:
-        """Residual and norm after the self-attention, cross-attention to the words, FFN, for the
-        frames given: x, attended, x_pos [B, t, C, h, w] -> [B, t, C, h, w]."""
+        """The rest of the block, token by token, for any subset of frames: residual and norm after the
+        self-attention, cross-attention to the words, FFN. x, x_pos [B, t, C, h, w] and `attend_clip`'s
+        output for the same frames [B, t, C, sh, sw]; words, word_pos [L, B, C], word_mask [B, L]
+        -> [B, t, C, h, w]."""
         b, t, c, h, w = x.shape
+        attended = self._upsample(attended, h, w)
         seq = lambda z: z.permute(1, 3, 4, 0, 2).reshape(t * h * w, b, c)  # noqa: E731
         tgt = self.norm1(seq(x) + self.dropout1(seq(attended)))
         cross = self.multihead_attn(
@@ -179,16 +159,35 @@ class CrossModalFPN(nn.Module):
             words, word_pos: [L, B, C] (the resized words, not the BVLI-fused ones); word_mask: [B, L].
         Returns:
             mask features [B*T, mask_dim, H/4, W/4].
+
+        Without autograd, everything of a level after its block's self-attention (the block's per-token
+        half, the top-down sum, the output convolution and, at stride 4, the mask-feature convolution)
+        runs a few frames at a time: at stride 4 of 6 x 360 x 640 each full-resolution map is 15 MB for
+        a chunk instead of 88 MB for the clip, and only the 8-channel mask features are kept whole.
         """
+        grad = torch.is_grad_enabled()
         y = None
         for lvl in reversed(range(len(features))):
             unflat = lambda z: z.unflatten(0, (-1, num_frames))  # noqa: E731
+            block = self.blocks[lvl]
             x = unflat(self.lateral_convs[lvl](features[lvl]))
-            x = self.blocks[lvl](x, unflat(masks[lvl]), unflat(pos[lvl]), words, word_mask, word_pos).flatten(0, 1)
-            if y is not None:
-                # In place without autograd: x is the block's fresh output, and one map fewer is alive.
-                top_down = F.interpolate(y, size=x.shape[-2:], mode="nearest")
-                x = x + top_down if torch.is_grad_enabled() else x.add_(top_down)
-                del top_down
-            y = self.output_convs[lvl](x)
-        return self.mask_features(y)
+            mask, pos_lvl = unflat(masks[lvl]), unflat(pos[lvl])
+            attended = block.attend_clip(x, mask, pos_lvl)
+            b, _, _, h, w = x.shape
+            above = y
+
+            def level(frames: slice) -> torch.Tensor:
+                out = block.finish(x[:, frames], attended[:, frames], pos_lvl[:, frames], words, word_mask, word_pos)
+                out = out.flatten(0, 1)
+                if above is not None:
+                    top_down = F.interpolate(above[:, frames].flatten(0, 1), size=(h, w), mode="nearest")
+                    # In place without autograd: out is the block's fresh output, and one map fewer is alive.
+                    out = out + top_down if grad else out.add_(top_down)
+                    del top_down
+                out = self.output_convs[lvl](out)
+                if lvl == 0:
+                    out = self.mask_features(out)
+                return out.unflatten(0, (b, -1))
+
+            y = in_chunks(level, num_frames, block.frames_per_chunk(b, h, w, num_frames), dim=1)
+        return y.flatten(0, 1)

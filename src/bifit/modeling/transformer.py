@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunks import in_chunks
 from .deformable_attention import MultiScaleDeformableAttention
 
 __all__ = ["DeformableTransformer", "TransformerOutput", "inverse_sigmoid", "MLP"]
@@ -41,9 +42,9 @@ class MLP(nn.Module):
 class FeedForward(nn.Module):
     """Post-norm FFN block: norm(x + Linear(dropout(relu(Linear(x)))))."""
 
-    # Rows per chunk when running without autograd: the hidden layer is 8x wider than the model, and
-    # at stride 4 of a 6-frame clip it alone would take ~0.7 GB.
-    inference_chunk_rows = 8192
+    # Rows per chunk when running without autograd: the hidden layer is 8x wider than the model (at
+    # stride 4 of a 6-frame clip it alone would take ~0.7 GB); 2048 rows keep it at 16 MB.
+    inference_chunk_rows = 2048
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float) -> None:
         super().__init__()
@@ -56,14 +57,15 @@ class FeedForward(nn.Module):
         return self.dropout_out(self.linear2(self.dropout_inner(F.relu(self.linear1(x), inplace=True))))
 
     def forward(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        if torch.is_grad_enabled() or rows.shape[0] <= self.inference_chunk_rows:
+        if torch.is_grad_enabled():
             return norm(x + self._residual(x))
-        out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], self.inference_chunk_rows):
-            chunk = rows[start : start + self.inference_chunk_rows]
-            out[start : start + chunk.shape[0]] = norm(chunk + self._residual(chunk))
-        return out.reshape(x.shape)
+        rows = x.reshape(-1, x.shape[-1])
+
+        def block(part: slice) -> torch.Tensor:
+            chunk = rows[part]
+            return norm(chunk + self._residual(chunk))
+
+        return in_chunks(block, rows.shape[0], self.inference_chunk_rows).reshape(x.shape)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -262,12 +264,7 @@ class DeformableTransformer(nn.Module):
                 x = layer(x, pos[frames], reference_points[frames], spatial_shapes, padding_mask[frames])
             return x
 
-        if chunk >= n:
-            return layers(slice(None))
-        memory = torch.empty_like(src)
-        for start in range(0, n, chunk):
-            memory[start : start + chunk] = layers(slice(start, start + chunk))
-        return memory
+        return in_chunks(layers, n, chunk)
 
     def forward(
         self,

@@ -1,0 +1,31 @@
+"""Running a computation a few frames at a time and joining the results: the memory of inference is
+then sized by a chunk of frames instead of the clip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["in_chunks"]
+
+
+def in_chunks(fn: Callable[[slice], torch.Tensor], total: int, chunk: int, dim: int = 0) -> torch.Tensor:
+    """`fn(slice(None))` computed as `fn(slice(i, i + chunk))` for i = 0, chunk, ... < `total`, the
+    results joined along `dim` into one tensor allocated once (no second copy of the whole result).
+
+    `fn` must map a slice of the `total` items to their results along `dim`; with `chunk >= total`
+    it is called once with `slice(None)`.
+    """
+    if chunk >= total:
+        return fn(slice(None))
+    first = fn(slice(0, chunk))
+    shape = list(first.shape)
+    shape[dim] = total
+    out = first.new_empty(shape)
+    out.narrow(dim, 0, first.shape[dim]).copy_(first)
+    del first
+    for start in range(chunk, total, chunk):
+        part = fn(slice(start, start + chunk))
+        out.narrow(dim, start, part.shape[dim]).copy_(part)
+    return out

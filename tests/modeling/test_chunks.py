@@ -1,0 +1,31 @@
+"""`in_chunks`: the chunked result equals the whole one, along any dimension, and each chunk is
+computed once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bifit.modeling.chunks import in_chunks
+
+
+@pytest.mark.parametrize("dim,chunk", [(0, 1), (0, 3), (1, 2), (1, 4)])
+def test_chunks_join_to_the_whole_result(dim, chunk):
+    x = torch.randn(4, 7, 5)
+    calls = []
+
+    def fn(part: slice) -> torch.Tensor:
+        piece = x[part] if dim == 0 else x[:, part]
+        calls.append(piece.shape[dim])
+        return piece.square() + 1
+
+    total = x.shape[dim]
+    out = in_chunks(fn, total, chunk, dim=dim)
+    assert torch.equal(out, x.square() + 1)
+    assert calls == [min(chunk, total - s) for s in range(0, total, chunk)]
+
+
+def test_one_call_with_the_whole_slice_when_the_chunk_covers_everything():
+    seen = []
+    out = in_chunks(lambda part: (seen.append(part), torch.arange(6)[part])[1], 6, 6)
+    assert seen == [slice(None)] and torch.equal(out, torch.arange(6))
