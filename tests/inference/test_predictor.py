@@ -84,9 +84,9 @@ def test_several_expressions_run_the_backbone_once_and_equal_single_runs(model, 
         calls["encode"] += 1
         return encode(*args, **kwargs)
 
-    def counting_decode(visual, captions):
+    def counting_decode(visual, captions, caption_videos=None):
         calls["decode"].append(list(captions))
-        return decode(visual, captions)
+        return decode(visual, captions, caption_videos)
 
     monkeypatch.setattr(model, "encode_video", counting_encode)
     monkeypatch.setattr(model, "predict_from_features", counting_decode)
@@ -107,9 +107,9 @@ def test_expressions_per_pass_bounds_the_batch_and_keeps_the_results(model, vide
     batches = []
     decode = model.predict_from_features
 
-    def counting_decode(visual, captions):
+    def counting_decode(visual, captions, caption_videos=None):
         batches.append(len(captions))
-        return decode(visual, captions)
+        return decode(visual, captions, caption_videos)
 
     monkeypatch.setattr(model, "predict_from_features", counting_decode)
     chunked = Segmenter(model, short_side=SHORT, expressions_per_pass=2).segment(video, expressions)

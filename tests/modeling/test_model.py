@@ -292,3 +292,28 @@ def test_frames_of_one_size_share_one_position_encoding():
     mask[2, :, 7:] = True  # one frame padded differently: each gets its own
     own = shared_sine_position_2d(mask, 8, torch.float32)
     assert own.stride(0) != 0 and torch.equal(own, sine_position_2d(mask, 8))
+
+
+def test_without_autograd_captions_are_decoded_one_at_a_time_with_the_batched_results(model, monkeypatch):
+    torch.manual_seed(3)
+    videos = torch.randn(2, 3, 3, 64, 96)
+    captions = ["the red circle", "a dog", "the big blue square at the top"]
+    batched = model(videos, captions, caption_videos=[0, 1, 0])  # autograd on: one batched decode
+    decoded = []
+    real_decode = type(model)._decode
+
+    def spy(self, visual, caps):
+        decoded.append((visual.batch_size, list(caps)))
+        return real_decode(self, visual, caps)
+
+    monkeypatch.setattr(type(model), "_decode", spy)
+    with torch.no_grad():
+        alone = model(videos, captions, caption_videos=torch.tensor([0, 1, 0]))
+    assert decoded == [(1, [c]) for c in captions]
+    assert alone.keys() == batched.keys()
+    for key in alone:
+        torch.testing.assert_close(alone[key], batched[key].detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="got 3 captions but 2 caption_videos entries"):
+        model(videos, captions, caption_videos=[0, 1])
+    with pytest.raises(ValueError, match="got 2 videos but 3 captions"):
+        model(videos, captions)

@@ -200,7 +200,7 @@ def segment_clip(
     logits, boxes, masks, all_masks = [], [], [], []
     for start in range(0, len(expressions), step):
         chunk = list(expressions[start : start + step])
-        out = model.predict_from_features(visual.repeat(len(chunk)), chunk)
+        out = model.predict_from_features(visual, chunk, caption_videos=[0] * len(chunk))
         chosen = select_queries(out["pred_logits"])[:, None]
         rows = torch.arange(len(chunk), device=chosen.device)[:, None]
         frames = torch.arange(out["pred_logits"].shape[1], device=chosen.device)

@@ -256,15 +256,41 @@ class BifitModel(nn.Module):
         return words, word_mask, sine_position_1d(word_mask, self.config.hidden_dim).to(words.dtype)
 
     # ------------------------------------------------------------------ the rest
-    def predict_from_features(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
-        """Everything after the pixels: BVLI, transformer with IFI, heads, FPN and mask head."""
+    def predict_from_features(
+        self,
+        visual: VisualFeatures,
+        captions: Sequence[str],
+        caption_videos: Sequence[int] | torch.Tensor | None = None,
+    ) -> dict:
+        """Everything after the pixels: BVLI, transformer with IFI, heads, FPN and mask head.
+
+        `caption_videos` [N] names the video of `visual` each of the N captions belongs to (default:
+        caption i to video i); the outputs have N rows, one per caption.
+
+        A caption's decode depends on its own video and words only. Without autograd in eval mode the
+        captions are therefore decoded one at a time, so that the memory of the decode is one
+        caption's whatever N is (36 frames x 4 expressions at 360 x 640: a few GB less); the outputs
+        are those of the batched decode up to float rounding.
+        """
+        if caption_videos is None:
+            if len(captions) != visual.batch_size:
+                raise ValueError(
+                    f"got {visual.batch_size} videos but {len(captions)} captions; pass one caption per video"
+                )
+            caption_videos = range(visual.batch_size)
+        if isinstance(caption_videos, torch.Tensor):
+            caption_videos = caption_videos.reshape(-1).tolist()
+        caption_videos = [int(v) for v in caption_videos]
+        if len(caption_videos) != len(captions):
+            raise ValueError(f"got {len(captions)} captions but {len(caption_videos)} caption_videos entries")
         with self._autocast():
-            return self._decode(visual, captions)
+            if self.training or torch.is_grad_enabled() or len(captions) == 1:
+                return self._decode(visual.select(caption_videos), captions)
+            parts = [self._decode(visual.select([v]), [c]) for v, c in zip(caption_videos, captions)]
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def _decode(self, visual: VisualFeatures, captions: Sequence[str]) -> dict:
         b, t = visual.batch_size, visual.num_frames
-        if len(captions) != b:
-            raise ValueError(f"got {b} videos but {len(captions)} captions; pass one caption per video")
         words, word_mask, word_pos = self.encode_text(captions)
         words_seq, word_pos_seq = words.transpose(0, 1), word_pos.transpose(0, 1)
 
@@ -347,8 +373,4 @@ class BifitModel(nn.Module):
         if isinstance(captions, str):
             raise ValueError("captions must be a list of strings, one per video, not a single string")
         visual = self.encode_video(videos, size_divisibility, valid_indices)
-        if caption_videos is not None:
-            if len(caption_videos) != len(captions):
-                raise ValueError(f"got {len(captions)} captions but {len(caption_videos)} caption_videos entries")
-            visual = visual.select(caption_videos)
-        return self.predict_from_features(visual, captions)
+        return self.predict_from_features(visual, captions, caption_videos)
