@@ -108,9 +108,11 @@ def test_segmenter_fast_option_prepares_its_model(tiny_bert, bf16_cpu):
     frames = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     exact = Segmenter(bifit.build_model("tiny", text_encoder=str(tiny_bert)), short_side=None)
     assert exact.model.autocast_dtype is None and not exact.model.backbone.fold_frozen_norms
+    assert not exact.model.backbone.channels_last
     torch.manual_seed(0)
     quick = Segmenter(bifit.build_model("tiny", text_encoder=str(tiny_bert)), short_side=None, fast=True)
     assert quick.model.autocast_dtype == torch.bfloat16 and quick.model.backbone.fold_frozen_norms
+    assert quick.model.backbone.channels_last
     (a,), (b,) = exact.segment(frames, ["the red circle"]), quick.segment(frames, ["the red circle"])
     assert a.query == b.query
     assert (a.masks != b.masks).mean() < 0.05

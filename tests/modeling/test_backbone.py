@@ -127,3 +127,18 @@ def test_with_autograd_only_the_frozen_stages_run_in_chunks(train_stem):
     sum(o.square().mean() for o in outs).backward()
     assert backbone.body["layer2"][0].conv1.weight.grad is not None
     assert (backbone.body["conv1"].weight.grad is not None) == train_stem
+
+
+def test_channels_last_returns_the_same_stages_in_that_layout():
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18")
+    randomise_norms(backbone)
+    backbone.chunk_pixels = 32 * 48
+    x = torch.randn(3, 3, 32, 48)
+    with torch.no_grad():
+        plain = backbone(x)
+        backbone.channels_last = True
+        last = backbone(x)
+    for a, b in zip(last, plain, strict=True):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())

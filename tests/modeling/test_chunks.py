@@ -29,3 +29,9 @@ def test_one_call_with_the_whole_slice_when_the_chunk_covers_everything():
     seen = []
     out = in_chunks(lambda part: (seen.append(part), torch.arange(6)[part])[1], 6, 6)
     assert seen == [slice(None)] and torch.equal(out, torch.arange(6))
+
+
+def test_a_channels_last_result_stays_channels_last():
+    x = torch.randn(5, 3, 4, 6).contiguous(memory_format=torch.channels_last)
+    out = in_chunks(lambda part: x[part] * 2, 5, 2)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, x * 2)

@@ -67,6 +67,9 @@ class ResNetBackbone(nn.Module):
     `fold_frozen_norms` (off by default; fast inference turns it on) folds frozen batch norms into the
     convolutions: 0.86x the backbone's time, but the rounding differs from the official norm-after-
     convolution by ~1e-6, enough to flip a pixel whose probability lies at the threshold.
+    `channels_last` (off by default; fast inference turns it on) runs the convolutions on channels-last
+    maps and returns the stages in that layout: bfloat16 convolutions then need no layout reorders
+    (the backbone in bfloat16: 0.62x the time of contiguous maps on a 2-core AVX512-BF16 CPU).
     """
 
     def __init__(self, name: str = "resnet50", norm: str = "frozen_bn", train_stem: bool = False) -> None:
@@ -79,6 +82,7 @@ class ResNetBackbone(nn.Module):
             {k: getattr(resnet, k) for k in ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")}
         )
         self.fold_frozen_norms = False
+        self.channels_last = False
         for pname, param in self.body.named_parameters():
             if not train_stem and not pname.startswith(("layer2", "layer3", "layer4")):
                 param.requires_grad_(False)
@@ -98,6 +102,8 @@ class ResNetBackbone(nn.Module):
         body = self.body
         fold = self.fold_frozen_norms
         frames = max(1, self.chunk_pixels // (x.shape[-2] * x.shape[-1]))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
 
         def stem(z: torch.Tensor) -> torch.Tensor:
             z = body["maxpool"](conv_norm(body["conv1"], body["bn1"], z, fold).relu_())

@@ -12,7 +12,8 @@ __all__ = ["in_chunks"]
 
 def in_chunks(fn: Callable[[slice], torch.Tensor], total: int, chunk: int, dim: int = 0) -> torch.Tensor:
     """`fn(slice(None))` computed as `fn(slice(i, i + chunk))` for i = 0, chunk, ... < `total`, the
-    results joined along `dim` into one tensor allocated once (no second copy of the whole result).
+    results joined along `dim` into one tensor allocated once (no second copy of the whole result), in
+    the memory layout of the first chunk's result (channels-last stays channels-last).
 
     `fn` must map a slice of the `total` items to their results along `dim`; with `chunk >= total`
     it is called once with `slice(None)`.
@@ -22,10 +23,16 @@ def in_chunks(fn: Callable[[slice], torch.Tensor], total: int, chunk: int, dim: 
     first = fn(slice(0, chunk))
     shape = list(first.shape)
     shape[dim] = total
-    out = first.new_empty(shape)
+    out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_layout(first))
     out.narrow(dim, 0, first.shape[dim]).copy_(first)
     del first
     for start in range(chunk, total, chunk):
         part = fn(slice(start, start + chunk))
         out.narrow(dim, start, part.shape[dim]).copy_(part)
     return out
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -40,8 +40,9 @@ def prepare_fast_inference(model: BifitModel) -> BifitModel:
     """Switch `model` to fast inference on its current device (in place) and return it.
 
     Eval-mode forwards then run under `torch.autocast` with `fast_inference_dtype(model.device)`, and
-    the backbone's frozen batch norms are folded into its convolutions; training is unaffected. Set
-    `model.autocast_dtype = None` and `model.backbone.fold_frozen_norms = False` to return to the exact path.
+    the backbone's frozen batch norms are folded into its convolutions, which run on channels-last maps;
+    training is unaffected. Set `model.autocast_dtype = None`, `model.backbone.fold_frozen_norms = False`
+    and `model.backbone.channels_last = False` to return to the exact path.
 
     Raises:
         ValueError: the device has no native reduced-precision arithmetic (fast mode would be slower).
@@ -54,4 +55,5 @@ def prepare_fast_inference(model: BifitModel) -> BifitModel:
         )
     model.autocast_dtype = dtype
     model.backbone.fold_frozen_norms = True
+    model.backbone.channels_last = True
     return model.eval()
