@@ -12,7 +12,7 @@ Workloads (frames 360 x 640):
 
 - W1: one expression, 6 frames, one eval forward.
 - W2: one video of 36 frames with 4 expressions. The official inference runs the whole video once
-  per expression; bifit runs the pixels once and decodes the 4 expressions as one batch.
+  per expression; bifit runs the pixels once and hands the 4 expressions to one decode call.
 - W3: whole-video eval forward of 12, 24 and 48 frames (`W3_12`, ...), and bifit's clip mode over a
   300-frame video file in clips of 12 (`W3_clip300`; no official counterpart: the official
   inference holds the whole video).
@@ -314,7 +314,7 @@ class BifitSide:
         pass
 
     def forward(self, video: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
-        """The pixels once, all expressions in one batched decode (as `bifit.Segmenter`)."""
+        """The pixels once, all expressions in one decode call (as `bifit.Segmenter`)."""
         with torch.inference_mode():
             out = self.model(video[None], captions, caption_videos=[0] * len(captions))
         return {k: out[k].float() for k in ("pred_logits", "pred_boxes", "pred_masks")}

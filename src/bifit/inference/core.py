@@ -10,8 +10,8 @@ scripts call these functions instead of each keeping a copy:
   capped as the A2D/JHMDB evaluation does) and ImageNet normalisation (:func:`normalize_frames`,
   bit for bit ``ToTensor`` then ``Normalize``; it lives in `bifit.data.normalization`, below both
   this module and the training pipelines, which use it too);
-- one clip for several expressions (:func:`segment_clip`): the backbone runs once, the expressions are
-  decoded on copies of its features, at most ``expressions_per_pass`` at a time (the official
+- one clip for several expressions (:func:`segment_clip`): the backbone runs once, the model decodes
+  the expressions on its shared features, at most ``expressions_per_pass`` per call (the official
   scripts re-read the frames and re-run the backbone per expression; the outputs are the same);
 - query selection, the official rule: per expression the query slot with the best mean over frames
   of sigmoid(logit) (max over classes). :func:`select_queries` applies it to one clip (the "clip"
@@ -186,8 +186,8 @@ def segment_clip(
         video: float32 [t, 3, h, w] ImageNet-normalised (:func:`preprocess_frames`), on any device
             (moved to the model's). As one video of a batch of one, it is its own padded canvas.
         expressions: the E expressions, used as written (the official inference does not clean them).
-        expressions_per_pass: decode at most this many expressions at once (bounds memory; the
-            backbone still runs once). None: all at once.
+        expressions_per_pass: at most this many expressions per decode call (the model decodes them one
+            at a time; this bounds the outputs held per call; the backbone still runs once). None: one call.
         keep_all_queries: also return the mask logits of every query (`all_mask_logits`).
 
     Returns:

@@ -12,8 +12,8 @@ Ref-YouTube-VOS inference:
    pixels of the original frame.
 
 Work shared across expressions: frames are decoded and the backbone runs once per clip; the
-features are repeated for the E expressions and decoded in one batched call (at most
-`expressions_per_pass` at a time). Results equal running each expression alone up to float
+model decodes the E expressions on those shared features, one at a time without autograd (at most
+`expressions_per_pass` per call). Results equal running each expression alone up to float
 rounding. Resizing, normalisation, the clip pass, query selection and postprocessing are those of
 the clip core (`bifit.inference.core`); this module reads the video, runs the clips and collects
 the results (`bifit.inference.results`).
@@ -105,8 +105,9 @@ class Segmenter:
         query_selection: "video" picks one query slot from the mean score over all frames (the
             official rule for one clip, extended to all clips); "clip" picks one per clip, as the
             official Ref-DAVIS script does.
-        expressions_per_pass: decode at most this many expressions at once on a clip's shared backbone
-            features (bounds memory with many expressions); None: all at once.
+        expressions_per_pass: hand at most this many expressions to one decode call on a clip's shared
+            backbone features (the model decodes them one at a time; this bounds how many expressions'
+            all-query outputs are held at once); None: all in one call.
         fast: fast inference (`bifit.modeling.fast.prepare_fast_inference`): bfloat16 matrix
             products where the hardware has them; slightly different outputs, see the README.
     """
