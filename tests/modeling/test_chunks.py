@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bifit.modeling.chunks import in_chunks
+from bifit.modeling.chunks import in_chunks, inference_chunk
 
 
 @pytest.mark.parametrize("dim,chunk", [(0, 1), (0, 3), (1, 2), (1, 4)])
@@ -35,3 +35,11 @@ def test_a_channels_last_result_stays_channels_last():
     x = torch.randn(5, 3, 4, 6).contiguous(memory_format=torch.channels_last)
     out = in_chunks(lambda part: x[part] * 2, 5, 2)
     assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, x * 2)
+
+
+def test_inference_chunk_takes_everything_under_autograd_and_the_budget_without():
+    assert inference_chunk(6, 100, 30) == 6  # autograd on (the default)
+    with torch.no_grad():
+        assert inference_chunk(6, 100, 30) == 3
+        assert inference_chunk(6, 10, 30) == 1  # never less than one item
+        assert inference_chunk(6, 1000, 30) == 33  # more than there are: one chunk

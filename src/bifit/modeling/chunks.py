@@ -7,7 +7,16 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["in_chunks"]
+__all__ = ["in_chunks", "inference_chunk"]
+
+
+def inference_chunk(total: int, budget: int, per_item: int) -> int:
+    """Items per chunk for `in_chunks`: all `total` while autograd records (it would keep every chunk's
+    tensors for the backward anyway), else as many items of `per_item` elements as `budget` allows,
+    at least one."""
+    if torch.is_grad_enabled():
+        return total
+    return max(1, budget // per_item)
 
 
 def in_chunks(fn: Callable[[slice], torch.Tensor], total: int, chunk: int, dim: int = 0) -> torch.Tensor:

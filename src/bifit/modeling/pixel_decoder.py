@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunks import in_chunks
+from .chunks import in_chunks, inference_chunk
 from .transformer import FeedForward
 
 __all__ = ["CrossModalFPN", "CrossModalBlock", "ConvNorm"]
@@ -51,12 +51,6 @@ class CrossModalBlock(nn.Module):
 
     # Tokens per chunk of frames for the per-token part of the block without autograd (see CrossModalFPN).
     inference_chunk_tokens = 16384
-
-    def frames_per_chunk(self, batch: int, h: int, w: int, num_frames: int) -> int:
-        """All frames with autograd; without, as many as `inference_chunk_tokens` tokens allow."""
-        if torch.is_grad_enabled():
-            return num_frames
-        return max(1, self.inference_chunk_tokens // (batch * h * w))
 
     def attend_clip(self, x: torch.Tensor, x_mask: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
         """The block's first step, the only one that mixes frames: self-attention over all T x sh x sw
@@ -189,5 +183,5 @@ class CrossModalFPN(nn.Module):
                     out = self.mask_features(out)
                 return out.unflatten(0, (b, -1))
 
-            y = in_chunks(level, num_frames, block.frames_per_chunk(b, h, w, num_frames), dim=1)
+            y = in_chunks(level, num_frames, inference_chunk(num_frames, block.inference_chunk_tokens, b * h * w), dim=1)
         return y.flatten(0, 1)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunks import in_chunks
+from .chunks import in_chunks, inference_chunk
 from .deformable_attention import MultiScaleDeformableAttention
 
 __all__ = ["DeformableTransformer", "TransformerOutput", "inverse_sigmoid", "MLP"]
@@ -256,7 +256,6 @@ class DeformableTransformer(nn.Module):
         the clip (at 6 x 360 x 640, ~30 MB each instead of ~180 MB). The results are the same.
         """
         n, s, _ = src.shape
-        chunk = n if torch.is_grad_enabled() else max(1, self.inference_chunk_tokens // s)
 
         def layers(frames: slice) -> torch.Tensor:
             x = src[frames]
@@ -264,7 +263,7 @@ class DeformableTransformer(nn.Module):
                 x = layer(x, pos[frames], reference_points[frames], spatial_shapes, padding_mask[frames])
             return x
 
-        return in_chunks(layers, n, chunk)
+        return in_chunks(layers, n, inference_chunk(n, self.inference_chunk_tokens, s))
 
     def forward(
         self,
