@@ -14,13 +14,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def official_pth(tmp_path_factory) -> Path:
+def official_pth(module_tmp) -> Path:
     from seeded_weights import seeded_tensor
 
     reference = torch.load(FIXTURES / "official_model" / "reference.pt", weights_only=True)
     shared = reference["shared_keys"]
     state = {k: seeded_tensor(shared.get(k, k), s) for k, s in reference["state_dict_shapes"].items()}
-    path = tmp_path_factory.mktemp("official") / "ytvos_r50.pth"
+    path = module_tmp / "ytvos_r50.pth"
     torch.save({"model": state, "optimizer": {}, "epoch": 9}, path)
     return path
 

@@ -24,10 +24,10 @@ FAST = ["--short-side", "32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_bert, tmp_path_factory) -> Path:
+def checkpoint(tiny_bert, module_tmp) -> Path:
     torch.manual_seed(0)
     model = bifit.build_model("tiny", text_encoder=str(tiny_bert))
-    return bifit.save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny")
+    return bifit.save_pretrained(model, module_tmp / "tiny")
 
 
 

@@ -54,8 +54,8 @@ A2D_METRICS = {"mAP": "mAP 0.5:0.95", "AP50": "AP 0.5", "AP75": "AP 0.75", "over
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("protocol") / "seeded_official.pth"
+def checkpoint(module_tmp) -> Path:
+    path = module_tmp / "seeded_official.pth"
     torch.save({"model": official_state_dict(MANIFEST["checkpoint"])}, path)
     return path
 

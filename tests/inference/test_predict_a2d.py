@@ -36,8 +36,8 @@ JHMDB_IDS = ["v_girl_waving_f_1", "v_girl_waving_f_5", "v_man_running_f_1", "v_m
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_bert) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_bert)
+def checkpoint(module_tmp, tiny_bert) -> Path:
+    return save_checkpoint(module_tmp / "tiny", tiny_bert)
 
 
 @pytest.fixture(scope="module")

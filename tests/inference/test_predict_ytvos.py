@@ -38,8 +38,8 @@ from bifit.outputs import OutputError
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_bert) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_bert)
+def checkpoint(module_tmp, tiny_bert) -> Path:
+    return save_checkpoint(module_tmp / "tiny", tiny_bert)
 
 
 @pytest.fixture(scope="module")

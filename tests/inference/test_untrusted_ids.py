@@ -24,8 +24,8 @@ from bifit.inference.ytvos_predict import write_submission_zip
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_bert) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_bert)
+def checkpoint(module_tmp, tiny_bert) -> Path:
+    return save_checkpoint(module_tmp / "tiny", tiny_bert)
 
 
 def files_under(root: Path) -> set[Path]:

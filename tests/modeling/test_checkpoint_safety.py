@@ -102,9 +102,9 @@ def test_non_finite_weights_are_refused_by_every_reader(tmp_path, tiny_bert, bad
 
 # ------------------------------------------------------------------------------- tampered config.json
 @pytest.fixture(scope="module")
-def saved(tiny_bert, tmp_path_factory) -> Path:
+def saved(tiny_bert, module_tmp) -> Path:
     torch.manual_seed(0)
-    return bifit.save_pretrained(bifit.build_model("tiny", text_encoder=str(tiny_bert)), tmp_path_factory.mktemp("c") / "m")
+    return bifit.save_pretrained(bifit.build_model("tiny", text_encoder=str(tiny_bert)), module_tmp / "m")
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def official_checkpoint(reference, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("official") / "bifit_seeded.pth"
+def official_checkpoint(reference, module_tmp) -> Path:
+    path = module_tmp / "bifit_seeded.pth"
     torch.save({"model": official_state_dict(reference), "epoch": 0}, path)
     return path
 

@@ -68,9 +68,9 @@ def fallback_handlers():
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_bert, tmp_path_factory) -> Path:
+def straight(tiny_bert, module_tmp) -> Path:
     """The uninterrupted run: 4 steps, 3 per epoch, an LR drop after the first epoch."""
-    result = train(resume_config(tiny_bert), tmp_path_factory.mktemp("straight") / "run", progress=False)
+    result = train(resume_config(tiny_bert), module_tmp / "run", progress=False)
     return result.final_dir
 
 

@@ -3,6 +3,7 @@ and initial weights (torchvision backbone, bifit directory)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file
+
+from full_disk import fill_disk
 
 import bifit
 from bifit.modeling.checkpoint import CheckpointError, atomic_save, load_backbone_weights, load_init_checkpoint
@@ -96,6 +99,18 @@ def test_atomic_save_replaces_whole_files(tmp_path):
     atomic_save({"a": torch.zeros(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_atomic_save_on_a_full_disk_says_so_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "state.pt"
+    atomic_save({"a": torch.ones(3)}, target)
+    made = fill_disk(monkeypatch, capacity=100_000, fails=lambda name: True)
+    with pytest.raises(OSError) as caught:
+        atomic_save({"a": torch.zeros(1_000_000)}, target)
+    assert len(made) == 1
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
 
 
 def test_random_states_round_trip_through_a_weights_only_file(tmp_path):

@@ -222,26 +222,57 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _WriteErrorKeeper:
+    """A binary file handle that keeps the first `OSError` its writes raise.
+
+    `torch.save` swallows the error of a failed write (a full disk) and raises only a `RuntimeError`
+    ("unexpected pos ..."); the kept error is what names the cause.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """`torch.save(obj)` to `path` through a fsynced temporary file and an atomic rename.
 
     The temporary is `tempfile.mkstemp`'s `.<name>.<8 random characters>.tmp` beside `path`; a
     process killed mid-write leaves it (see `remove_atomic_save_temporaries`).
+
+    Raises:
+        OSError: a write failed (a full disk: errno ENOSPC), with `path` as its filename; the
+            temporary is removed and whatever was at `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_ATOMIC_SUFFIX, dir=path.parent)
+    writer = None
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            writer = _WriteErrorKeeper(handle)
+            torch.save(obj, writer)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
+        error = writer.error if writer is not None and writer.error is not None else exc
+        if isinstance(error, OSError) and error.filename is None:
             # Writes through a file handle (a full disk) do not say which file failed; name the target.
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from exc
+        if error is not exc:
+            raise error from exc
         raise
     _fsync_dir(path.parent)
     return path
