@@ -22,8 +22,9 @@ Workloads (frames 360 x 640):
 
 Sides: `official`; `bifit` (the source tree this script belongs to, or `--bifit-src`); any name
 given a bifit source tree with `--tree NAME=DIR` (e.g. the commit before a change, for before/after
-figures); and `NAME-fast`, tree NAME in fast mode (`bifit-fast`). Ratios are reported for every
-later side against every earlier one in `--sides`.
+figures); `NAME-fast`, tree NAME in fast mode (`bifit-fast`; inference workloads only); and
+`NAME-checkpointed`, tree NAME with activation checkpointing (`bifit-checkpointed`; W4 only).
+Ratios are reported for every later side against every earlier one in `--sides`.
 
 The official side needs transformers 4.x; install it into a separate directory and name it with
 `--official-pythonpath` (it is put first on that side's PYTHONPATH only)::
@@ -66,6 +67,8 @@ FIXTURE_SCRIPT = REPO_ROOT / "scripts" / "make_official_model_fixture.py"
 REFERENCE = REPO_ROOT / "tests" / "fixtures" / "official_model" / "reference.pt"
 TINY_ROBERTA = REPO_ROOT / "tests" / "fixtures" / "tiny_roberta"
 FAST_SUFFIX = "-fast"
+CHECKPOINTED_SUFFIX = "-checkpointed"
+VARIANT_SUFFIXES = (FAST_SUFFIX, CHECKPOINTED_SUFFIX)
 RESULT_PREFIX = "BENCH-RESULT "
 
 CAPTION = "the man in the red shirt riding a bike"
@@ -296,13 +299,16 @@ class OfficialSide:
 
 
 class BifitSide:
-    """bifit's model, loaded from the seeded official checkpoint; `fast` prepares its fast mode."""
+    """bifit's model, loaded from the seeded official checkpoint; `fast` prepares its fast mode,
+    `checkpointing` switches activation checkpointing on (for training steps)."""
 
-    def __init__(self, checkpoint: Path, device: torch.device, fast: bool) -> None:
+    def __init__(self, checkpoint: Path, device: torch.device, fast: bool, checkpointing: bool = False) -> None:
         import bifit
 
         self.source = str(Path(bifit.__file__).parent)
         self.model = bifit.load_official_checkpoint(checkpoint, text_encoder=str(TINY_ROBERTA), device=device)
+        if checkpointing:
+            self.model.set_activation_checkpointing(True)
         self.fast = fast
         if fast:
             from bifit.modeling.fast import prepare_fast_inference
@@ -368,7 +374,8 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
     if job["side"] == "official":
         side: OfficialSide | BifitSide = OfficialSide(Path(job["official_root"]), device, job["seed"])
     else:
-        side = BifitSide(Path(job["checkpoint"]), device, fast=job["side"].endswith(FAST_SUFFIX))
+        side = BifitSide(Path(job["checkpoint"]), device, fast=job["side"].endswith(FAST_SUFFIX),
+                         checkpointing=job["side"].endswith(CHECKPOINTED_SUFFIX))
     result: dict[str, Any] = {}
     try:
         if spec["kind"] == "clip":
@@ -466,7 +473,10 @@ def rss_growth(workloads: dict[str, Any], sides: list[str], height: int, width: 
 # ------------------------------------------------------------------------------------ driver
 def side_tree(side: str) -> str:
     """The source tree a bifit side runs ("bifit-fast" -> "bifit")."""
-    return side[: -len(FAST_SUFFIX)] if side.endswith(FAST_SUFFIX) else side
+    for suffix in VARIANT_SUFFIXES:
+        if side.endswith(suffix):
+            return side[: -len(suffix)]
+    return side
 
 
 def child_env(side: str, args: argparse.Namespace) -> dict[str, str]:
@@ -504,15 +514,20 @@ def expand_workloads(names: list[str]) -> list[str]:
 def side_runs(side: str, spec: dict[str, Any]) -> bool:
     if side == "official":
         return spec["kind"] != "clip"  # the official inference has no clip mode
-    return not (side.endswith(FAST_SUFFIX) and spec["kind"] == "train_step")  # fast mode is for inference
+    if side.endswith(FAST_SUFFIX):
+        return spec["kind"] != "train_step"  # fast mode is for inference
+    if side.endswith(CHECKPOINTED_SUFFIX):
+        return spec["kind"] == "train_step"  # activation checkpointing changes only training
+    return True
 
 
 def parse_trees(values: list[str], bifit_src: Path) -> dict[str, Path]:
     trees = {"bifit": bifit_src}
     for value in values:
         name, sep, path = value.partition("=")
-        if not sep or not name or not path or name == "official" or name.endswith(FAST_SUFFIX):
-            raise SystemExit(f"--tree takes NAME=DIR (NAME not 'official' and not ending in {FAST_SUFFIX!r}), got {value!r}")
+        if not sep or not name or not path or name == "official" or name.endswith(VARIANT_SUFFIXES):
+            raise SystemExit(f"--tree takes NAME=DIR (NAME not 'official' and not ending in one of {VARIANT_SUFFIXES}), "
+                             f"got {value!r}")
         trees[name] = Path(path)
     return trees
 

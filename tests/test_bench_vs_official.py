@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import bifit
 from benchmark_scripts import load_benchmark
 
 
@@ -74,20 +75,38 @@ def test_training_step_differences_compare_losses_and_gradient_norms(bench, tmp_
                     "grad_norm_rel": 0.25}
 
 
-def test_training_step_of_a_bifit_side(bench, tmp_path):
-    """One child job run in this process: warm-up without an update, then a timed AdamW step."""
+def test_training_step_of_a_bifit_side_and_its_checkpointed_variant(bench, tmp_path, monkeypatch):
+    """One child job run in this process: warm-up without an update, then a timed AdamW step; with
+    activation checkpointing the same step."""
     spec = bench.TINY_WORKLOADS["W4"]
     inputs = bench.prepare_inputs("W4", spec, tmp_path, seed=0)
     checkpoint = tmp_path / "seeded.pth"
     torch.save({"model": bench.official_state_dict(torch.load(bench.REFERENCE, weights_only=True))}, checkpoint)
-    job = {"side": "bifit", "spec": spec, "threads": torch.get_num_threads(), "device": "cpu", "seed": 0,
-           "checkpoint": str(checkpoint), "outputs": str(tmp_path / "step.pt"), **inputs}
-    result = bench.run_child(job)
-    assert result["latency_s"] > 0 and result["peak_rss_mib"] > 0
-    step = torch.load(tmp_path / "step.pt", weights_only=True)
+    enabled = []
+    real = bifit.BifitModel.set_activation_checkpointing
+    monkeypatch.setattr(bifit.BifitModel, "set_activation_checkpointing",
+                        lambda self, on: (enabled.append(on), real(self, on))[1])
+    steps = {}
+    for side in ("bifit", "bifit-checkpointed"):
+        job = {"side": side, "spec": spec, "threads": torch.get_num_threads(), "device": "cpu", "seed": 0,
+               "checkpoint": str(checkpoint), "outputs": str(tmp_path / f"{side}.pt"), **inputs}
+        result = bench.run_child(job)
+        assert result["latency_s"] > 0 and result["peak_rss_mib"] > 0
+        steps[side] = torch.load(tmp_path / f"{side}.pt", weights_only=True)
+    assert enabled == [True]
+    step = steps["bifit"]
     # Final layer and three auxiliary layers, five terms each, as the official weight dict.
     assert len(step["terms"]) == 20 and step["grad_norm"] > 0
     assert step["loss"] == pytest.approx(sum(w * step["terms"][k] for k, w in _official_weights().items()), rel=1e-5)
+    assert steps["bifit-checkpointed"]["loss"] == pytest.approx(step["loss"], rel=1e-6)
+    assert steps["bifit-checkpointed"]["grad_norm"] == pytest.approx(step["grad_norm"], rel=1e-5)
+
+
+def test_variants_run_only_where_they_change_something(bench):
+    train_step, forward = bench.TINY_WORKLOADS["W4"], bench.TINY_WORKLOADS["W1"]
+    assert bench.side_runs("bifit-checkpointed", train_step) and not bench.side_runs("bifit-checkpointed", forward)
+    assert bench.side_runs("bifit-fast", forward) and not bench.side_runs("bifit-fast", train_step)
+    assert bench.side_tree("before-checkpointed") == "before" and bench.side_tree("before-fast") == "before"
 
 
 def _official_weights() -> dict[str, float]:

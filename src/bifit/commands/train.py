@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep", type=int, help="checkpoints kept on disk")
     parser.add_argument("--log-every", type=int, help="metrics line every N optimiser steps")
     parser.add_argument(
+        "--activation-checkpointing", action="store_const", const=True, default=None,
+        help="less memory for a longer step: recompute the encoder layers and FPN levels in the backward",
+    )
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="any TrainingConfig or BifitConfig field (model.FIELD also works), value as JSON; repeatable",
     )
@@ -67,6 +71,7 @@ _FLAG_FIELDS = {
     "save_every": "save_every",
     "keep": "keep_last",
     "log_every": "log_every",
+    "activation_checkpointing": "activation_checkpointing",
 }
 
 

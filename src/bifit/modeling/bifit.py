@@ -191,6 +191,14 @@ class BifitModel(nn.Module):
         # Reduced precision of eval forwards (None: exact float32); see `bifit.modeling.fast`.
         self.autocast_dtype: torch.dtype | None = None
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Trade training time for memory: with `enabled`, the deformable encoder's layers and the
+        FPN's per-token halves (the two largest keepers of saved activations) keep only their inputs
+        for the backward and compute the rest again in it. Losses and gradients are unchanged
+        (dropout draws the same numbers again). Forwards without autograd are not affected."""
+        self.transformer.activation_checkpointing = enabled
+        self.pixel_decoder.activation_checkpointing = enabled
+
     @property
     def device(self) -> torch.device:
         return self.query_embed.weight.device

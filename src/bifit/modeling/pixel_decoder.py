@@ -3,9 +3,12 @@ into stride-4 mask features."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .chunks import in_chunks, inference_chunk
 from .transformer import FeedForward
@@ -135,6 +138,38 @@ class CrossModalFPN(nn.Module):
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.zeros_(self.mask_features.bias)
+        # Under autograd, keep only the inputs of each level's per-token half and run it again in the
+        # backward (see `BifitModel.set_activation_checkpointing`).
+        self.activation_checkpointing = False
+
+    def _finish_level(
+        self,
+        lvl: int,
+        x: torch.Tensor,
+        attended: torch.Tensor,
+        pos: torch.Tensor,
+        above: torch.Tensor | None,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        word_pos: torch.Tensor,
+        frames: slice,
+    ) -> torch.Tensor:
+        """Level `lvl` after its block's self-attention, for `frames` of the clip: the block's per-token
+        half, the top-down sum with the coarser level's output `above` [B, T, C, h', w'] (None at the
+        coarsest), the output convolution and, at stride 4, the mask-feature convolution.
+        x, pos [B, T, C, h, w]; attended [B, T, C, sh, sw] -> [B, t, C or mask_dim, h, w]."""
+        b, _, _, h, w = x.shape
+        out = self.blocks[lvl].finish(x[:, frames], attended[:, frames], pos[:, frames], words, word_mask, word_pos)
+        out = out.flatten(0, 1)
+        if above is not None:
+            top_down = F.interpolate(above[:, frames].flatten(0, 1), size=(h, w), mode="nearest")
+            # In place without autograd: out is the block's fresh output, and one map fewer is alive.
+            out = out + top_down if torch.is_grad_enabled() else out.add_(top_down)
+            del top_down
+        out = self.output_convs[lvl](out)
+        if lvl == 0:
+            out = self.mask_features(out)
+        return out.unflatten(0, (b, -1))
 
     def forward(
         self,
@@ -158,8 +193,12 @@ class CrossModalFPN(nn.Module):
         half, the top-down sum, the output convolution and, at stride 4, the mask-feature convolution)
         runs a few frames at a time: at stride 4 of 6 x 360 x 640 each full-resolution map is 15 MB for
         a chunk instead of 88 MB for the clip, and only the 8-channel mask features are kept whole.
+
+        With `activation_checkpointing` under autograd, that part of each level keeps only its inputs
+        for the backward and is computed again in it (at stride 4 of 5 x 360 x 640, ~150 MB kept
+        instead of ~1.3 GB).
         """
-        grad = torch.is_grad_enabled()
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         y = None
         for lvl in reversed(range(len(features))):
             unflat = lambda z: z.unflatten(0, (-1, num_frames))  # noqa: E731
@@ -168,20 +207,9 @@ class CrossModalFPN(nn.Module):
             mask, pos_lvl = unflat(masks[lvl]), unflat(pos[lvl])
             attended = block.attend_clip(x, mask, pos_lvl)
             b, _, _, h, w = x.shape
-            above = y
-
-            def level(frames: slice) -> torch.Tensor:
-                out = block.finish(x[:, frames], attended[:, frames], pos_lvl[:, frames], words, word_mask, word_pos)
-                out = out.flatten(0, 1)
-                if above is not None:
-                    top_down = F.interpolate(above[:, frames].flatten(0, 1), size=(h, w), mode="nearest")
-                    # In place without autograd: out is the block's fresh output, and one map fewer is alive.
-                    out = out + top_down if grad else out.add_(top_down)
-                    del top_down
-                out = self.output_convs[lvl](out)
-                if lvl == 0:
-                    out = self.mask_features(out)
-                return out.unflatten(0, (b, -1))
-
+            # Bound now, not looked up when called: a recomputation in the backward comes after the loop.
+            level = functools.partial(self._finish_level, lvl, x, attended, pos_lvl, y, words, word_mask, word_pos)
+            if recompute:
+                level = functools.partial(checkpoint, level, use_reentrant=False)
             y = in_chunks(level, num_frames, inference_chunk(num_frames, block.inference_chunk_tokens, b * h * w), dim=1)
         return y.flatten(0, 1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .chunks import in_chunks, inference_chunk
 from .deformable_attention import MultiScaleDeformableAttention
@@ -225,6 +226,9 @@ class DeformableTransformer(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.reference_points = nn.Linear(d_model, 2)
+        # Under autograd, keep only each encoder layer's input and run the layer again in the backward
+        # (see `BifitModel.set_activation_checkpointing`).
+        self.activation_checkpointing = False
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -254,13 +258,19 @@ class DeformableTransformer(nn.Module):
         A frame's tokens attend to that frame's maps only, so without autograd the frames run through
         all layers a few at a time, the intermediate tensors of one layer sized by a chunk instead of
         the clip (at 6 x 360 x 640, ~30 MB each instead of ~180 MB). The results are the same.
+
+        With `activation_checkpointing` under autograd, a layer's tensors are not kept for the
+        backward but computed again in it from the layer's input (5 x 360 x 640: 26 MB kept per layer
+        instead of ~550 MB).
         """
         n, s, _ = src.shape
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
 
         def layers(frames: slice) -> torch.Tensor:
             x = src[frames]
             for layer in self.encoder.layers:
-                x = layer(x, pos[frames], reference_points[frames], spatial_shapes, padding_mask[frames])
+                args = (x, pos[frames], reference_points[frames], spatial_shapes, padding_mask[frames])
+                x = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
             return x
 
         return in_chunks(layers, n, inference_chunk(n, self.inference_chunk_tokens, s))

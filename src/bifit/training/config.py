@@ -86,6 +86,9 @@ class TrainingConfig(ConfigFields):
         disable_dropout: switch every dropout off (the model's, the fixed 0.1 of the text
             resizer and the text encoder's), making a step a deterministic function of the data.
         find_unused_parameters: passed to DistributedDataParallel (official True).
+        activation_checkpointing: keep less for the backward and recompute it there
+            (`BifitModel.set_activation_checkpointing`): a smaller peak memory for a longer step,
+            the same losses and gradients.
         log_every: write a metrics line every this many optimiser steps.
         save_every: write a training checkpoint every this many optimiser steps (0: only at the
             end of every epoch and of the run).
@@ -132,6 +135,7 @@ class TrainingConfig(ConfigFields):
     size_divisibility: int = 32
     disable_dropout: bool = False
     find_unused_parameters: bool = True
+    activation_checkpointing: bool = False
     log_every: int = 10
     save_every: int = 0
     keep_last: int = 3

@@ -441,6 +441,7 @@ def _set_up(
     # Resumed weights come from the checkpoint; the initial weights need not be read again.
     initial = config if loaded is None else config.replace(init_checkpoint=None, backbone_weights=None)
     model = build_training_model(initial)
+    model.set_activation_checkpointing(config.activation_checkpointing)
     seed_everything(config.seed + dist_info.rank)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)

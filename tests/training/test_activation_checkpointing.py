@@ -1,0 +1,127 @@
+"""Activation checkpointing: the encoder layers and the FPN's per-token halves run again in the
+backward, and a training step gives the same losses and gradients as without it (dropout on)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import bifit
+from bifit.cli import build_parser
+from bifit.commands.train import build_config
+from bifit.data.targets import build_target
+from bifit.modeling.pixel_decoder import CrossModalFPN
+from bifit.modeling.transformer import DeformableEncoderLayer
+from bifit.training import TrainingConfig, train
+from bifit.training.criterion import build_criterion
+
+
+def moving_square(frames: int, height: int, width: int) -> torch.Tensor:
+    masks = torch.zeros(frames, height, width, dtype=torch.bool)
+    for t in range(frames):
+        masks[t, 8:20, 4 + 4 * t : 16 + 4 * t] = True
+    return masks
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bert):
+    torch.manual_seed(0)
+    return bifit.build_model(bifit.get_preset("tiny", num_frames=3, dropout=0.1), text_encoder=str(tiny_bert)).train()
+
+
+def step(model, monkeypatch, checkpointing: bool) -> tuple[dict, dict, dict]:
+    """One forward and backward with dropout on; returns the losses, the gradients and how often the
+    recomputable parts ran."""
+    calls = {"encoder_layer": 0, "fpn_level": 0}
+    real_layer, real_level = DeformableEncoderLayer.forward, CrossModalFPN._finish_level
+
+    def layer(self, *args, **kwargs):
+        calls["encoder_layer"] += 1
+        return real_layer(self, *args, **kwargs)
+
+    def level(self, *args, **kwargs):
+        calls["fpn_level"] += 1
+        return real_level(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeformableEncoderLayer, "forward", layer)
+    monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
+    model = copy.deepcopy(model)
+    model.set_activation_checkpointing(checkpointing)
+    torch.manual_seed(7)
+    video = torch.randn(3, 3, 40, 56)
+    target = build_target(moving_square(3, 40, 56), "the square moving right")
+    losses = build_criterion()(model([video], [target["caption"]], size_divisibility=32), [target])
+    losses["loss"].backward()
+    monkeypatch.undo()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {k: float(v.detach()) for k, v in losses.items()}, grads, calls
+
+
+def test_a_checkpointed_step_recomputes_and_gives_the_same_losses_and_gradients(model, monkeypatch):
+    plain_losses, plain_grads, plain_calls = step(model, monkeypatch, checkpointing=False)
+    losses, grads, calls = step(model, monkeypatch, checkpointing=True)
+    layers, levels = model.config.enc_layers, len(model.pixel_decoder.blocks)
+    assert plain_calls == {"encoder_layer": layers, "fpn_level": levels}
+    assert calls == {"encoder_layer": 2 * layers, "fpn_level": 2 * levels}
+
+    assert losses == pytest.approx(plain_losses, rel=1e-6, abs=1e-7)
+    assert grads.keys() == plain_grads.keys() and len(grads) > 100
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_without_autograd_nothing_is_recomputed(model, monkeypatch):
+    calls = {"n": 0}
+    real_level = CrossModalFPN._finish_level
+
+    def level(self, *args, **kwargs):
+        calls["n"] += 1
+        return real_level(self, *args, **kwargs)
+
+    monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
+    checkpointed = copy.deepcopy(model).eval()
+    checkpointed.set_activation_checkpointing(True)
+    video = torch.randn(3, 3, 40, 56)
+    with torch.no_grad():
+        out = checkpointed(video[None], ["the square moving right"])
+        reference = copy.deepcopy(model).eval()(video[None], ["the square moving right"])
+    assert calls["n"] == 2 * len(model.pixel_decoder.blocks)  # once per level in each of the two forwards
+    torch.testing.assert_close(out["pred_masks"], reference["pred_masks"], rtol=0, atol=0)
+
+
+def test_the_training_setting_reaches_the_model_and_keeps_the_losses(tiny_bert, tmp_path, monkeypatch):
+    seen = []
+    real = bifit.BifitModel.set_activation_checkpointing
+
+    def spy(self, enabled):
+        seen.append(enabled)
+        return real(self, enabled)
+
+    monkeypatch.setattr(bifit.BifitModel, "set_activation_checkpointing", spy)
+    model = bifit.get_preset("tiny").replace(text_encoder=str(tiny_bert), num_frames=2, dropout=0.1)
+    config = TrainingConfig(
+        model=model, data="synthetic", synthetic_samples=4, synthetic_size=(32, 32), epochs=1, batch_size=2,
+        lr=1e-3, lr_backbone=1e-3, lr_text_fusion=1e-3, lr_drop=(), num_workers=0, device="cpu", log_every=1,
+        seed=0, keep_last=1,
+    )
+    records = {}
+    for enabled in (False, True):
+        run = tmp_path / str(enabled)
+        train(config.replace(activation_checkpointing=enabled), run, progress=False)
+        records[enabled] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [False, True]
+    assert len(records[True]) == 2
+    for plain, checkpointed in zip(records[False], records[True]):
+        assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert checkpointed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
+
+
+def test_the_command_line_flag_and_set_switch_it_on():
+    base = ["train", "--preset", "synthetic_tiny", "--output-dir", "unused"]
+    assert build_config(build_parser().parse_args(base)).activation_checkpointing is False
+    assert build_config(build_parser().parse_args([*base, "--activation-checkpointing"])).activation_checkpointing
+    argv = [*base, "--set", "activation_checkpointing=true"]
+    assert build_config(build_parser().parse_args(argv)).activation_checkpointing is True
