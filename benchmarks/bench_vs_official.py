@@ -353,6 +353,10 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
         elif isinstance(module, torch.nn.MultiheadAttention):
             module.dropout = 0.0
+        elif isinstance(getattr(module, "dropout_prob", None), float):
+            # transformers 4.x's SDPA attention (the official side's RoBERTa) passes this float to
+            # scaled_dot_product_attention in training mode; no Dropout module carries it.
+            module.dropout_prob = 0.0
 
 
 def _finish_train_step(model: torch.nn.Module, loss: torch.Tensor, terms: dict, optimizer) -> dict:  # noqa: ANN001

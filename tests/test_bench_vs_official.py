@@ -143,3 +143,14 @@ def test_unknown_sides_and_missing_official_checkout_are_refused(bench, tmp_path
         bench.main(["--sides", "official", "bifit", "--official-root", str(tmp_path)])
     with pytest.raises(SystemExit):
         bench.main(["--tree", "official=/tmp", "--sides", "bifit"])
+
+
+def test_dropout_is_switched_off_everywhere_a_side_keeps_it(bench):
+    class SdpaAttention(torch.nn.Module):  # as transformers 4.x's RoBERTa: a float, no Dropout module
+        def __init__(self):
+            super().__init__()
+            self.dropout_prob = 0.1
+
+    model = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.MultiheadAttention(8, 2, dropout=0.1), SdpaAttention())
+    bench._disable_dropout(model)
+    assert (model[0].p, model[1].dropout, model[2].dropout_prob) == (0.0, 0.0, 0.0)
