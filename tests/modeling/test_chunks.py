@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bifit.modeling.chunks import in_chunks, inference_chunk
+from bifit.modeling.chunks import chunk_size, in_chunks
 
 
 @pytest.mark.parametrize("dim,chunk", [(0, 1), (0, 3), (1, 2), (1, 4)])
@@ -37,9 +37,16 @@ def test_a_channels_last_result_stays_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, x * 2)
 
 
-def test_inference_chunk_takes_everything_under_autograd_and_the_budget_without():
-    assert inference_chunk(6, 100, 30) == 6  # autograd on (the default)
+def test_chunk_size_takes_everything_under_autograd_and_the_budget_without_or_when_recomputed():
+    assert chunk_size(6, 100, 30) == 6  # autograd on (the default)
+    assert chunk_size(6, 100, 30, recompute=True) == 3
     with torch.no_grad():
-        assert inference_chunk(6, 100, 30) == 3
-        assert inference_chunk(6, 10, 30) == 1  # never less than one item
-        assert inference_chunk(6, 1000, 30) == 33  # more than there are: one chunk
+        assert chunk_size(6, 100, 30) == 3
+        assert chunk_size(6, 10, 30) == 1  # never less than one item
+        assert chunk_size(6, 1000, 30) == 33  # more than there are: one chunk
+
+
+def test_chunks_of_a_differentiable_function_pass_gradients_to_every_chunk():
+    x = torch.randn(5, 3, requires_grad=True)
+    in_chunks(lambda part: x[part] * torch.arange(1.0, 4.0), 5, 2).sum().backward()
+    torch.testing.assert_close(x.grad, torch.arange(1.0, 4.0).expand(5, 3), rtol=0, atol=0)

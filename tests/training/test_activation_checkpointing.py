@@ -1,5 +1,6 @@
 """Activation checkpointing: the encoder layers and the FPN's per-token halves run again in the
-backward, and a training step gives the same losses and gradients as without it (dropout on)."""
+backward; a training step gives the same losses and gradients as without it (dropout on, the clip in one
+chunk; in one-frame chunks without dropout, up to rounding)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bifit.modeling.pixel_decoder import CrossModalFPN
 from bifit.modeling.transformer import DeformableEncoderLayer
 from bifit.training import TrainingConfig, train
 from bifit.training.criterion import build_criterion
+from bifit.training.loop import set_train_mode
 
 
 def moving_square(frames: int, height: int, width: int) -> torch.Tensor:
@@ -32,9 +34,10 @@ def model(tiny_bert):
     return bifit.build_model(bifit.get_preset("tiny", num_frames=3, dropout=0.1), text_encoder=str(tiny_bert)).train()
 
 
-def step(model, monkeypatch, checkpointing: bool) -> tuple[dict, dict, dict]:
+def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False) -> tuple[dict, dict, dict]:
     """One forward and backward with dropout on; returns the losses, the gradients and how often the
-    recomputable parts ran."""
+    recomputable parts ran. `one_frame_chunks`: token budgets that let the checkpointed parts take one
+    frame at a time (at 360 x 640, what the real budgets give at stride 4)."""
     calls = {"encoder_layer": 0, "fpn_level": 0}
     real_layer, real_level = DeformableEncoderLayer.forward, CrossModalFPN._finish_level
 
@@ -50,6 +53,10 @@ def step(model, monkeypatch, checkpointing: bool) -> tuple[dict, dict, dict]:
     monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
     model = copy.deepcopy(model)
     model.set_activation_checkpointing(checkpointing)
+    if one_frame_chunks:
+        model.transformer.inference_chunk_tokens = 1
+        for block in model.pixel_decoder.blocks:
+            block.inference_chunk_tokens = 1
     torch.manual_seed(7)
     video = torch.randn(3, 3, 40, 56)
     target = build_target(moving_square(3, 40, 56), "the square moving right")
@@ -71,6 +78,20 @@ def test_a_checkpointed_step_recomputes_and_gives_the_same_losses_and_gradients(
     assert grads.keys() == plain_grads.keys() and len(grads) > 100
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointed_parts_in_frame_chunks_give_the_same_losses_and_gradients_without_dropout(model, monkeypatch):
+    # With dropout on, chunks draw their dropout masks chunk by chunk: other random numbers.
+    model = copy.deepcopy(model)
+    set_train_mode(model, disable_dropout=True)
+    plain_losses, plain_grads, _ = step(model, monkeypatch, checkpointing=False)
+    losses, grads, calls = step(model, monkeypatch, checkpointing=True, one_frame_chunks=True)
+    frames, layers, levels = 3, model.config.enc_layers, len(model.pixel_decoder.blocks)
+    assert calls == {"encoder_layer": 2 * layers * frames, "fpn_level": 2 * levels * frames}
+    assert losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_without_autograd_nothing_is_recomputed(model, monkeypatch):

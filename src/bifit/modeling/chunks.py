@@ -1,5 +1,5 @@
-"""Running a computation a few frames at a time and joining the results: the memory of inference is
-then sized by a chunk of frames instead of the clip."""
+"""Running a computation a few frames at a time and joining the results: the memory of inference (and of
+a recomputed training forward) is then sized by a chunk of frames instead of the clip."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["in_chunks", "inference_chunk"]
+__all__ = ["chunk_size", "in_chunks"]
 
 
-def inference_chunk(total: int, budget: int, per_item: int) -> int:
-    """Items per chunk for `in_chunks`: all `total` while autograd records (it would keep every chunk's
-    tensors for the backward anyway), else as many items of `per_item` elements as `budget` allows,
-    at least one."""
-    if torch.is_grad_enabled():
+def chunk_size(total: int, budget: int, per_item: int, recompute: bool = False) -> int:
+    """Items per chunk for `in_chunks`: all `total` while autograd records and keeps every chunk's
+    tensors for the backward (chunks would then save nothing); else (no autograd, or `recompute`: each
+    chunk is checkpointed and computed again in the backward) as many items of `per_item` elements as
+    `budget` allows, at least one."""
+    if torch.is_grad_enabled() and not recompute:
         return total
     return max(1, budget // per_item)
 

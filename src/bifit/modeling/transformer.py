@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .chunks import in_chunks, inference_chunk
+from .chunks import chunk_size, in_chunks
 from .deformable_attention import MultiScaleDeformableAttention
 
 __all__ = ["DeformableTransformer", "TransformerOutput", "inverse_sigmoid", "MLP"]
@@ -261,7 +261,8 @@ class DeformableTransformer(nn.Module):
 
         With `activation_checkpointing` under autograd, a layer's tensors are not kept for the
         backward but computed again in it from the layer's input (5 x 360 x 640: 26 MB kept per layer
-        instead of ~550 MB).
+        instead of ~550 MB); the frames then go in chunks too, so that a recomputation holds one
+        chunk's tensors.
         """
         n, s, _ = src.shape
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
@@ -273,7 +274,7 @@ class DeformableTransformer(nn.Module):
                 x = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
             return x
 
-        return in_chunks(layers, n, inference_chunk(n, self.inference_chunk_tokens, s))
+        return in_chunks(layers, n, chunk_size(n, self.inference_chunk_tokens, s, recompute))
 
     def forward(
         self,

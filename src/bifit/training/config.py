@@ -87,8 +87,8 @@ class TrainingConfig(ConfigFields):
             resizer and the text encoder's), making a step a deterministic function of the data.
         find_unused_parameters: passed to DistributedDataParallel (official True).
         activation_checkpointing: keep less for the backward and recompute it there
-            (`BifitModel.set_activation_checkpointing`): a smaller peak memory for a longer step,
-            the same losses and gradients.
+            (`BifitModel.set_activation_checkpointing`): a smaller peak memory for a longer step;
+            without dropout the same losses and gradients up to rounding.
         log_every: write a metrics line every this many optimiser steps.
         save_every: write a training checkpoint every this many optimiser steps (0: only at the
             end of every epoch and of the run).
