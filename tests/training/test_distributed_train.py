@@ -48,7 +48,10 @@ def test_sampler_ranks_together_see_the_single_process_order():
     assert [len(s) for s in uneven] == [3, 3]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, tmp_path):
+# With activation checkpointing the ranks recompute inside DDP's backward, which must still all-reduce
+# every gradient once.
+@pytest.mark.parametrize("ddp_flags", [[], ["--activation-checkpointing"]], ids=["plain", "checkpointed"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, tmp_path, ddp_flags):
     # Dropout off: a step is then a deterministic function of the data, on any number of ranks. A large
     # AdamW epsilon: with the default 1e-8 the first steps move each weight by about lr * sign(grad), so a
     # near-zero gradient that rounds differently with one and two processes (summation order) moves its
@@ -81,10 +84,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert, t
         "-m", "bifit", "train", "--preset", "synthetic_tiny", "--output-dir", str(tmp_path / "ddp"),
         "--text-encoder", str(tiny_bert), "--batch-size", "1", "--no-progress", "--set", "model.num_frames=2",
         "--set", f"model.num_queries={model.num_queries}", "--set", "model.dropout=0.0", "--set", "model.backbone_norm=frozen_bn", "--set", "model.train_backbone_stem=false",
-        *[arg for item in sets for arg in ("--set", item)],
+        *[arg for item in sets for arg in ("--set", item)], *ddp_flags,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
+    stored = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
+    assert stored["activation_checkpointing"] is bool(ddp_flags)
 
     a = load_file(str(single.final_dir / "model.safetensors"))
     b = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
