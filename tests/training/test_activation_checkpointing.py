@@ -1,6 +1,6 @@
-"""Activation checkpointing: the encoder layers and the FPN's per-token halves run again in the
-backward; a training step gives the same losses and gradients as without it (dropout on, the clip in one
-chunk; in one-frame chunks without dropout, up to rounding)."""
+"""Activation checkpointing: the ResNet's trained stages, the encoder layers and the FPN's per-token
+halves run again in the backward; a training step gives the same losses and gradients as without it
+(dropout on, the clip in one chunk; in one-frame chunks without dropout, up to rounding)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import bifit
 from bifit.cli import build_parser
 from bifit.commands.train import build_config
 from bifit.data.targets import build_target
+from bifit.modeling import backbone
 from bifit.modeling.pixel_decoder import CrossModalFPN
 from bifit.modeling.transformer import DeformableEncoderLayer
 from bifit.training import TrainingConfig, train
@@ -38,8 +39,12 @@ def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False
     """One forward and backward with dropout on; returns the losses, the gradients and how often the
     recomputable parts ran. `one_frame_chunks`: token budgets that let the checkpointed parts take one
     frame at a time (at 360 x 640, what the real budgets give at stride 4)."""
-    calls = {"encoder_layer": 0, "fpn_level": 0}
-    real_layer, real_level = DeformableEncoderLayer.forward, CrossModalFPN._finish_level
+    calls = {"encoder_layer": 0, "fpn_level": 0, "resnet_stage": 0}
+    real_layer, real_level, real_stage = DeformableEncoderLayer.forward, CrossModalFPN._finish_level, backbone._run_blocks
+
+    def stage(*args, **kwargs):
+        calls["resnet_stage"] += 1
+        return real_stage(*args, **kwargs)
 
     def layer(self, *args, **kwargs):
         calls["encoder_layer"] += 1
@@ -51,9 +56,11 @@ def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False
 
     monkeypatch.setattr(DeformableEncoderLayer, "forward", layer)
     monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
+    monkeypatch.setattr(backbone, "_run_blocks", stage)
     model = copy.deepcopy(model)
     model.set_activation_checkpointing(checkpointing)
     if one_frame_chunks:
+        model.backbone.chunk_pixels = 1
         model.transformer.inference_chunk_tokens = 1
         for block in model.pixel_decoder.blocks:
             block.inference_chunk_tokens = 1
@@ -71,8 +78,9 @@ def test_a_checkpointed_step_recomputes_and_gives_the_same_losses_and_gradients(
     plain_losses, plain_grads, plain_calls = step(model, monkeypatch, checkpointing=False)
     losses, grads, calls = step(model, monkeypatch, checkpointing=True)
     layers, levels = model.config.enc_layers, len(model.pixel_decoder.blocks)
-    assert plain_calls == {"encoder_layer": layers, "fpn_level": levels}
-    assert calls == {"encoder_layer": 2 * layers, "fpn_level": 2 * levels}
+    # The tiny preset trains the whole ResNet: its four stages are recomputed.
+    assert plain_calls == {"encoder_layer": layers, "fpn_level": levels, "resnet_stage": 4}
+    assert calls == {"encoder_layer": 2 * layers, "fpn_level": 2 * levels, "resnet_stage": 8}
 
     assert losses == pytest.approx(plain_losses, rel=1e-6, abs=1e-7)
     assert grads.keys() == plain_grads.keys() and len(grads) > 100
@@ -87,11 +95,13 @@ def test_checkpointed_parts_in_frame_chunks_give_the_same_losses_and_gradients_w
     plain_losses, plain_grads, _ = step(model, monkeypatch, checkpointing=False)
     losses, grads, calls = step(model, monkeypatch, checkpointing=True, one_frame_chunks=True)
     frames, layers, levels = 3, model.config.enc_layers, len(model.pixel_decoder.blocks)
-    assert calls == {"encoder_layer": 2 * layers * frames, "fpn_level": 2 * levels * frames}
+    assert calls == {"encoder_layer": 2 * layers * frames, "fpn_level": 2 * levels * frames, "resnet_stage": 8 * frames}
     assert losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
     assert grads.keys() == plain_grads.keys()
+    # Per tensor, not per element: a frame's convolutions round differently from the batch's, and the
+    # GroupNorm of the 1 x 1 stride-64 map magnifies that (measured: 1.3e-4 of the norm at most).
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert (grad - plain_grads[name]).norm() <= 1e-3 * plain_grads[name].norm() + 1e-12, name
 
 
 def test_without_autograd_nothing_is_recomputed(model, monkeypatch):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import FrozenBatchNorm2d
 
 from .chunks import in_chunks
@@ -83,6 +84,10 @@ class ResNetBackbone(nn.Module):
         )
         self.fold_frozen_norms = False
         self.channels_last = False
+        # Under autograd, keep only the inputs of the trained stages (layer2..layer4 as the official
+        # code trains them) for the backward, frame chunk by frame chunk, and run them again in it
+        # (see `BifitModel.set_activation_checkpointing`).
+        self.activation_checkpointing = False
         for pname, param in self.body.named_parameters():
             if not train_stem and not pname.startswith(("layer2", "layer3", "layer4")):
                 param.requires_grad_(False)
@@ -109,21 +114,25 @@ class ResNetBackbone(nn.Module):
             z = body["maxpool"](conv_norm(body["conv1"], body["bn1"], z, fold).relu_())
             return _run_blocks(body["layer1"], z, fold)
 
-        x = _in_frame_chunks(stem, x, frames, body["conv1"], body["bn1"], body["layer1"])
+        recompute = self.activation_checkpointing
+        x = _in_frame_chunks(stem, x, frames, recompute, body["conv1"], body["bn1"], body["layer1"])
         outs = [x]
         for stage in ("layer2", "layer3", "layer4"):
-            x = _in_frame_chunks(lambda z, s=stage: _run_blocks(body[s], z, fold), x, frames, body[stage])
+            x = _in_frame_chunks(lambda z, s=stage: _run_blocks(body[s], z, fold), x, frames, recompute, body[stage])
             outs.append(x)
         return outs
 
 
 def _in_frame_chunks(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, frames: int, *modules: nn.Module
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, frames: int, recompute: bool, *modules: nn.Module
 ) -> torch.Tensor:
-    """`fn(x)` for x [N, ...], `frames` frames at a time when autograd would record nothing for `modules`."""
+    """`fn(x)` for x [N, ...], `frames` frames at a time when autograd would record nothing for `modules`
+    or, with `recompute`, checkpointed chunk by chunk (each chunk computed again in the backward)."""
     records = torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
     )
+    if records and recompute:
+        return in_chunks(lambda s: checkpoint(fn, x[s], use_reentrant=False), x.shape[0], frames)
     return in_chunks(lambda s: fn(x[s]), x.shape[0], x.shape[0] if records else frames)
 
 
