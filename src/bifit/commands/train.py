@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-every", type=int, help="metrics line every N optimiser steps")
     parser.add_argument(
         "--activation-checkpointing", action="store_const", const=True, default=None,
-        help="less memory for a longer step: recompute the encoder layers and FPN levels in the backward",
+        help="less memory for a longer step: recompute the ResNet stages, encoder layers and FPN levels "
+        "in the backward",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

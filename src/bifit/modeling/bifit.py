@@ -195,10 +195,10 @@ class BifitModel(nn.Module):
         """Trade training time for memory: with `enabled`, the deformable encoder's layers, the
         FPN's per-token halves and the ResNet's trained stages (the largest keepers of saved
         activations) keep only their inputs for the backward and compute the rest again in it, a few
-        frames at a time (the chunks of the inference path). Without dropout, losses and gradients are those of the plain model up to
-        rounding. With dropout, a chunk draws its own dropout masks, so the random numbers differ from
-        a run without checkpointing (the recomputation itself draws the same ones again).
-        Forwards without autograd are not affected."""
+        frames at a time (the chunks of the inference path). Without dropout, losses and gradients
+        are those of the plain model up to rounding. With dropout, a chunk draws its own dropout
+        masks, so the random numbers differ from a run without checkpointing (the recomputation
+        itself draws the same ones again). Forwards without autograd are not affected."""
         self.backbone.activation_checkpointing = enabled
         self.transformer.activation_checkpointing = enabled
         self.pixel_decoder.activation_checkpointing = enabled
