@@ -35,10 +35,8 @@ def model(tiny_bert):
     return bifit.build_model(bifit.get_preset("tiny", num_frames=3, dropout=0.1), text_encoder=str(tiny_bert)).train()
 
 
-def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False) -> tuple[dict, dict, dict]:
-    """One forward and backward with dropout on; returns the losses, the gradients and how often the
-    recomputable parts ran. `one_frame_chunks`: token budgets that let the checkpointed parts take one
-    frame at a time (at 360 x 640, what the real budgets give at stride 4)."""
+def count_runs(monkeypatch) -> dict[str, int]:
+    """From now on, how often the recomputable parts run: ResNet stages, encoder layers, FPN levels."""
     calls = {"encoder_layer": 0, "fpn_level": 0, "resnet_stage": 0}
     real_layer, real_level, real_stage = DeformableEncoderLayer.forward, CrossModalFPN._finish_level, backbone._run_blocks
 
@@ -57,6 +55,14 @@ def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False
     monkeypatch.setattr(DeformableEncoderLayer, "forward", layer)
     monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
     monkeypatch.setattr(backbone, "_run_blocks", stage)
+    return calls
+
+
+def step(model, monkeypatch, checkpointing: bool, one_frame_chunks: bool = False) -> tuple[dict, dict, dict]:
+    """One forward and backward with dropout on; returns the losses, the gradients and how often the
+    recomputable parts ran. `one_frame_chunks`: token budgets that let the checkpointed parts take one
+    frame at a time (at 360 x 640, what the real budgets give at stride 4)."""
+    calls = count_runs(monkeypatch)
     model = copy.deepcopy(model)
     model.set_activation_checkpointing(checkpointing)
     if one_frame_chunks:
@@ -105,21 +111,16 @@ def test_checkpointed_parts_in_frame_chunks_give_the_same_losses_and_gradients_w
 
 
 def test_without_autograd_nothing_is_recomputed(model, monkeypatch):
-    calls = {"n": 0}
-    real_level = CrossModalFPN._finish_level
-
-    def level(self, *args, **kwargs):
-        calls["n"] += 1
-        return real_level(self, *args, **kwargs)
-
-    monkeypatch.setattr(CrossModalFPN, "_finish_level", level)
+    calls = count_runs(monkeypatch)
     checkpointed = copy.deepcopy(model).eval()
     checkpointed.set_activation_checkpointing(True)
     video = torch.randn(3, 3, 40, 56)
     with torch.no_grad():
         out = checkpointed(video[None], ["the square moving right"])
         reference = copy.deepcopy(model).eval()(video[None], ["the square moving right"])
-    assert calls["n"] == 2 * len(model.pixel_decoder.blocks)  # once per level in each of the two forwards
+    # Once each in each of the two forwards.
+    layers, levels = model.config.enc_layers, len(model.pixel_decoder.blocks)
+    assert calls == {"encoder_layer": 2 * layers, "fpn_level": 2 * levels, "resnet_stage": 8}
     torch.testing.assert_close(out["pred_masks"], reference["pred_masks"], rtol=0, atol=0)
 
 
